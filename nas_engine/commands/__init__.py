@@ -1,0 +1,1 @@
+"""The longer CLI commands, one module each (train, search)."""
