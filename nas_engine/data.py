@@ -1,0 +1,564 @@
+"""Data sets for child training: decoded once, cached as uint8 tensors, split per seed.
+
+Zoph et al. 2017, section 4: the controller's reward is the child's accuracy on 5,000
+images held out from the 50,000 CIFAR-10 training images, so a split is part of every
+data set here. Children train for only a few epochs each, thousands of times over, so
+decoding JPEGs must happen once: the decoded full set is cached with `torch.save` and
+the cheap options (subset, split) are applied to the cached tensors on every load.
+
+Three kinds of source:
+
+    "digits"   sklearn's load_digits: 1,797 8x8 grey images, 10 classes, no download
+    "cifar10"  torchvision's CIFAR10 under <data_root>/cifar10/ (downloaded if allowed)
+    a folder   an ImageFolder layout <class>/<image> under the data root, decoded with PIL
+               (the two names above always mean the built-in sets)
+
+Every path is resolved under one data root, and anything resolving outside it (a "..",
+an absolute path elsewhere, a symlink pointing out) is refused: a web form names the
+data set, so this is the boundary between a user's text and the file system. The data
+folder is only read; the cache lives in its own directory and is written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+BUILTIN = ("digits", "cifar10")
+
+# The paper's protocol: 5,000 of CIFAR-10's 50,000 training images validate the children.
+PAPER_TRAIN_SIZE = 50_000
+PAPER_VAL_SIZE = 5_000
+DEFAULT_VAL_FRACTION = 0.1
+
+# What torchvision's ImageFolder accepts.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})
+
+# Bump when the decoded bytes for the same files would change (decoder, resize filter).
+_CACHE_FORMAT = 1
+# Below this many files a worker pool costs more than it saves.
+_PARALLEL_MIN_FILES = 2_000
+# A download that stalls this long on one socket operation is given up.
+_DOWNLOAD_SOCKET_TIMEOUT_S = 30.0
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class DataError(ValueError):
+    """A data set cannot be loaded as asked. `field` names the offending option."""
+
+    def __init__(self, field: str, reason: str):
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
+
+    def __reduce__(self):  # raised inside pool workers, so it must survive pickling
+        return (type(self), (self.field, self.reason))
+
+
+@dataclass
+class DatasetSplit:
+    """A training and a validation split as uint8 N x C x H x W tensors."""
+
+    name: str
+    train_images: torch.Tensor = field(repr=False)
+    train_labels: torch.Tensor = field(repr=False)
+    val_images: torch.Tensor = field(repr=False)
+    val_labels: torch.Tensor = field(repr=False)
+    classes: list[str] = field(repr=False)
+    mean: tuple[float, ...] = ()  # per channel, of the train images scaled to [0, 1]
+    std: tuple[float, ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train_images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_images.shape[2])
+
+    def to(self, device: torch.device | str) -> DatasetSplit:
+        """A copy whose tensors live on `device` (keep the set resident on the GPU)."""
+        return replace(
+            self,
+            train_images=self.train_images.to(device),
+            train_labels=self.train_labels.to(device),
+            val_images=self.val_images.to(device),
+            val_labels=self.val_labels.to(device),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"DatasetSplit({self.name!r}, train={len(self.train_labels)}, val={len(self.val_labels)}, "
+            f"classes={self.num_classes}, shape={tuple(self.train_images.shape[1:])})"
+        )
+
+
+def default_data_root() -> Path:
+    """$NAS_DATA_ROOT, else <repo root>/data."""
+    return Path(os.environ.get("NAS_DATA_ROOT") or _REPO_ROOT / "data")
+
+
+def default_cache_dir() -> Path:
+    """$NAS_CACHE_DIR, else <repo root>/.cache/datasets."""
+    return Path(os.environ.get("NAS_CACHE_DIR") or _REPO_ROOT / ".cache" / "datasets")
+
+
+def resolve_under_root(path: str | Path, data_root: Path) -> Path:
+    """`path` (relative to the data root, or absolute) resolved, symlinks followed.
+
+    Refuses anything that ends up outside the data root.
+    """
+    root = Path(data_root).resolve()
+    candidate = Path(path)
+    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if not resolved.is_relative_to(root):
+        raise DataError("dataset", f"{str(path)!r} resolves to {resolved}, outside the data root {root}; refused")
+    return resolved
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_root: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    image_size: int | None = None,
+    subset_per_class: int | None = None,
+    val_size: int | float | None = None,
+    seed: int = 0,
+    download: bool = True,
+    progress: bool = False,
+) -> DatasetSplit:
+    """Load a data set (decoding it at most once per cache dir) and split it for `seed`.
+
+    `val_size`: a count, or a fraction in (0, 1); by default 5,000 for a 50,000-image
+    set (the paper's protocol), else 10% and at least one image per class. The split is
+    stratified per class; `subset_per_class` first keeps N images of every class.
+    mean/std are measured on the training split only.
+    """
+    name = str(name)
+    if not name:
+        raise DataError("dataset", "no data set named; choose digits, cifar10 or an image folder")
+    _check_positive_int("image_size", image_size)
+    _check_positive_int("subset_per_class", subset_per_class)
+    root = Path(data_root) if data_root is not None else default_data_root()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+
+    if name == "digits":
+        full = _load_digits(cache, image_size)
+    elif name == "cifar10":
+        full = _load_cifar10(root, cache, image_size, download)
+    else:
+        full = _load_folder(name, root, cache, image_size, progress)
+
+    images, labels = full["images"], full["labels"]
+    if subset_per_class is not None:
+        keep = _balanced_subset(labels, full["classes"], subset_per_class, _generator(seed, 0))
+        images, labels = images[keep], labels[keep]
+    train_idx, val_idx = _stratified_split(labels, len(full["classes"]), val_size, _generator(seed, 1))
+    train_images = images[train_idx]
+    mean, std = _channel_stats(train_images)
+    return DatasetSplit(
+        name=full["name"],
+        train_images=train_images,
+        train_labels=labels[train_idx],
+        val_images=images[val_idx],
+        val_labels=labels[val_idx],
+        classes=list(full["classes"]),
+        mean=mean,
+        std=std,
+    )
+
+
+# -- the three sources ---------------------------------------------------------------------
+def _load_digits(cache_dir: Path, image_size: int | None) -> dict:
+    import sklearn
+
+    def build() -> dict:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        # Pixel values are counts 0..16 (4x4 blocks of a 32x32 bitmap); stretch to 0..255.
+        scaled = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+        images = _resize(torch.from_numpy(scaled).unsqueeze(1), image_size)
+        labels = torch.from_numpy(bunch.target.astype(np.int64))
+        return {"images": images, "labels": labels, "classes": [str(c) for c in bunch.target_names]}
+
+    fingerprint = {"sklearn": sklearn.__version__}
+    data = _cached(cache_dir, "digits", "sklearn.load_digits", image_size, fingerprint, build)
+    return {**data, "name": "digits"}
+
+
+def _load_cifar10(data_root: Path, cache_dir: Path, image_size: int | None, download: bool) -> dict:
+    root = Path(data_root).resolve()
+    folder = resolve_under_root("cifar10", root)
+    batches = folder / "cifar-10-batches-py"
+    if not batches.is_dir():
+        if not download:
+            raise DataError("dataset", _cifar10_missing(root, folder, "download is off"))
+        _download_cifar10(root, folder)
+    _refuse_cache_inside(cache_dir, folder)
+
+    def build() -> dict:
+        from torchvision import datasets
+
+        try:
+            ds = datasets.CIFAR10(root=str(folder), train=True, download=False)
+        except RuntimeError as exc:  # torchvision's "not found or corrupted" (checksums)
+            raise DataError("dataset", _cifar10_missing(root, folder, str(exc))) from None
+        images = _resize(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), image_size)
+        return {"images": images, "labels": torch.tensor(ds.targets, dtype=torch.int64), "classes": list(ds.classes)}
+
+    fingerprint = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(batches))
+    data = _cached(cache_dir, "cifar10", str(folder), image_size, fingerprint, build)
+    return {**data, "name": "cifar10"}
+
+
+def _cifar10_missing(root: Path, folder: Path, why: str) -> str:
+    return (
+        f"CIFAR-10 not found ({why}). Put the python batches (data_batch_1..5, test_batch, "
+        f"batches.meta from cifar-10-python.tar.gz) in {folder / 'cifar-10-batches-py'}/, "
+        f"or name an image folder under {root} laid out as <class>/<image> instead"
+    )
+
+
+def _download_cifar10(root: Path, folder: Path) -> None:
+    """torchvision's download, bounded in time and leaving nothing behind on failure."""
+    from torchvision import datasets
+
+    created = [p for p in (folder, folder / "cifar-10-python.tar.gz", folder / "cifar-10-batches-py") if not p.exists()]
+    try:
+        with _socket_timeout(_DOWNLOAD_SOCKET_TIMEOUT_S):
+            datasets.CIFAR10(root=str(folder), train=True, download=True)
+    except Exception as exc:  # network errors come in many classes (URLError, timeout, ...)
+        for path in reversed(created):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        why = f"download failed: {type(exc).__name__}: {exc}"
+        raise DataError("dataset", _cifar10_missing(root, folder, why)) from exc
+
+
+@contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _load_folder(name: str, data_root: Path, cache_dir: Path, image_size: int | None, progress: bool) -> dict:
+    root = Path(data_root).resolve()
+    folder = resolve_under_root(name, root)
+    if not folder.exists():
+        raise DataError(
+            "dataset",
+            f"unknown data set {name!r}: no folder {folder} exists. Choices: {', '.join(BUILTIN)}, "
+            f"or an image folder under {root} laid out as <class>/<image>",
+        )
+    if not folder.is_dir():
+        raise DataError("dataset", f"{folder} is a file; an image folder is laid out as <class>/<image>")
+    _refuse_cache_inside(cache_dir, folder)
+    classes, paths, labels, fingerprint = _scan_folder(folder, root)
+    label = folder.relative_to(root).as_posix()
+
+    def build() -> dict:
+        images = _decode_files(paths, image_size, progress, desc=f"decoding {label}")
+        return {"images": images, "labels": torch.tensor(labels, dtype=torch.int64), "classes": classes}
+
+    data = _cached(cache_dir, "folder", str(folder), image_size, fingerprint, build)
+    return {**data, "name": label}
+
+
+def _refuse_cache_inside(cache_dir: Path, folder: Path) -> None:
+    if Path(cache_dir).resolve().is_relative_to(folder):
+        raise DataError("cache_dir", f"{cache_dir} is inside the data set folder {folder}, which is never written")
+
+
+# -- image folders ---------------------------------------------------------------------------
+def _scan_folder(folder: Path, root: Path) -> tuple[list[str], list[str], list[int], dict]:
+    """Class names, image paths and labels in ImageFolder order, and a cheap fingerprint.
+
+    The fingerprint (class names, file counts, total bytes, newest mtime) changes when
+    an image is added, removed or rewritten, without reading any image.
+    """
+    class_dirs = sorted(
+        (e for e in os.scandir(folder) if not e.name.startswith(".") and e.is_dir()), key=lambda e: e.name
+    )
+    if not class_dirs:
+        raise DataError("dataset", f"{folder} has no class subfolders; lay it out as <class>/<image>")
+    classes, paths, labels, counts = [], [], [], []
+    newest, total_bytes = 0, 0
+    for label, class_dir in enumerate(class_dirs):
+        _refuse_escaping_link(class_dir, root)
+        files = sorted(
+            (
+                e
+                for e in os.scandir(class_dir.path)
+                if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS and e.is_file()
+            ),
+            key=lambda e: e.name,
+        )
+        if not files:
+            kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+            raise DataError("dataset", f"class folder {class_dir.path} has no images ({kinds})")
+        for entry in files:
+            _refuse_escaping_link(entry, root)
+            stat = entry.stat()
+            newest, total_bytes = max(newest, stat.st_mtime_ns), total_bytes + stat.st_size
+            paths.append(entry.path)
+        classes.append(class_dir.name)
+        labels += [label] * len(files)
+        counts.append(len(files))
+    fingerprint = {"classes": classes, "counts": counts, "bytes": total_bytes, "newest_mtime_ns": newest}
+    return classes, paths, labels, fingerprint
+
+
+def _refuse_escaping_link(entry: os.DirEntry, root: Path) -> None:
+    if entry.is_symlink():
+        resolve_under_root(entry.path, root)
+
+
+def _decode_files(paths: list[str], image_size: int | None, progress: bool, desc: str) -> torch.Tensor:
+    """PIL-decode to RGB uint8 N x 3 x H x W, over a worker pool for large folders."""
+    workers = _worker_count(len(paths))
+    chunk = max(64, min(4096, math.ceil(len(paths) / (workers * 8))))
+    chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+    jobs = [(c, image_size) for c in chunks]
+    parts = []
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
+        if workers > 1:
+            with multiprocessing.Pool(workers) as pool:
+                for part in pool.imap(_decode_chunk, jobs):
+                    parts.append(part)
+                    bar.update(len(part))
+        else:
+            for job in jobs:
+                parts.append(_decode_chunk(job))
+                bar.update(len(parts[-1]))
+    for part, paths_of_part in zip(parts, chunks):
+        if part.shape[1:] != parts[0].shape[1:]:
+            raise _mixed_sizes(paths_of_part[0], part.shape, chunks[0][0], parts[0].shape)
+    return torch.from_numpy(np.concatenate(parts)).permute(0, 3, 1, 2).contiguous()
+
+
+def _worker_count(num_files: int) -> int:
+    # Pool workers are child processes, which daemonic processes (a Celery prefork
+    # worker, another Pool's worker) may not start: decode in-process there.
+    if num_files < _PARALLEL_MIN_FILES or multiprocessing.current_process().daemon:
+        return 1
+    return max(1, os.cpu_count() or 1)
+
+
+def _decode_chunk(job: tuple[list[str], int | None]) -> np.ndarray:
+    paths, image_size = job
+    arrays = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                rgb = image.convert("RGB")
+                if image_size is not None:
+                    rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+                arrays.append(np.asarray(rgb))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError("dataset", f"{path}: cannot decode image ({exc})") from None
+        if arrays[-1].shape != arrays[0].shape:
+            raise _mixed_sizes(path, arrays[-1].shape, paths[0], arrays[0].shape)
+    return np.stack(arrays)
+
+
+def _mixed_sizes(path: str, shape: tuple, first: str, first_shape: tuple) -> DataError:
+    return DataError(
+        "image_size",
+        f"{path} is {shape[-2]}x{shape[-3]} but {first} is {first_shape[-2]}x{first_shape[-3]}; "
+        "pass image_size to resize every image to one size",
+    )
+
+
+def _resize(images: torch.Tensor, image_size: int | None) -> torch.Tensor:
+    """Bilinear resize of uint8 images (antialiased when shrinking), in chunks to bound memory."""
+    if image_size is None or tuple(images.shape[-2:]) == (image_size, image_size):
+        return images
+    out = []
+    for part in images.split(4096):
+        x = F.interpolate(part.float(), size=(image_size, image_size), mode="bilinear", antialias=True)
+        out.append(x.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+# -- the cache ----------------------------------------------------------------------------------
+def _cached(
+    cache_dir: Path, kind: str, source: str, image_size: int | None, fingerprint: object, build: Callable[[], dict]
+) -> dict:
+    """The decoded full set from the cache, or `build()` it and store it atomically."""
+    key = {"format": _CACHE_FORMAT, "kind": kind, "source": source, "size": image_size, "fp": fingerprint}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    stem = f"{kind}-{hashlib.sha256(source.encode()).hexdigest()[:8]}-{image_size or 'native'}"
+    path = Path(cache_dir) / f"{stem}-{digest}.pt"
+    data = _read_cache(path)
+    if data is not None:
+        return data
+    data = build()
+    _write_atomically(data, path)
+    # Older versions of the same set at the same size are stale now.
+    for old in path.parent.glob(f"{stem}-*.pt"):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return data
+
+
+def _read_cache(path: Path) -> dict | None:
+    """The cached dict, or None when absent or unreadable (then it is rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, weights_only=True)
+    except Exception:  # truncated or foreign file: rebuilding is always safe
+        return None
+    ok = (
+        isinstance(data, dict)
+        and isinstance(data.get("images"), torch.Tensor)
+        and isinstance(data.get("labels"), torch.Tensor)
+        and data["images"].dtype == torch.uint8
+        and data["images"].dim() == 4
+        and data["labels"].shape == (data["images"].shape[0],)
+        and isinstance(data.get("classes"), list)
+    )
+    return data if ok else None
+
+
+def _write_atomically(data: dict, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise DataError("cache_dir", f"cannot write the data set cache in {path.parent}: {exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(data, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the web app and workers share it
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise DataError("cache_dir", f"cannot write the data set cache {path}: {exc}") from exc
+    except BaseException:  # Ctrl-C mid-write included: never leave a temp file behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- options: subset, split, statistics ---------------------------------------------------------
+def _check_positive_int(field_name: str, value: object) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise DataError(field_name, f"must be a positive integer, got {value!r}")
+
+
+def _generator(seed: int, stream: int) -> torch.Generator:
+    # One stream per option, so the split does not depend on how many draws the subset took.
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + stream)
+
+
+def _balanced_subset(labels: torch.Tensor, classes: list[str], per_class: int, gen: torch.Generator) -> torch.Tensor:
+    keep = []
+    for c, class_name in enumerate(classes):
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) < per_class:
+            raise DataError(
+                "subset_per_class", f"class {class_name!r} has only {len(idx)} images, fewer than {per_class}"
+            )
+        keep.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    return torch.cat(keep).sort().values
+
+
+def _val_count(n: int, num_classes: int, val_size: int | float | None) -> int:
+    if val_size is None:
+        if n == PAPER_TRAIN_SIZE:
+            return PAPER_VAL_SIZE
+        # At least one image per class, so that small subsets keep every class in both splits.
+        count = min(max(round(n * DEFAULT_VAL_FRACTION), num_classes), n - num_classes)
+    elif isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
+        raise DataError("val_size", f"must be a count or a fraction in (0, 1), got {val_size!r}")
+    elif isinstance(val_size, float):
+        if not 0.0 < val_size < 1.0:
+            raise DataError("val_size", f"a fraction must be in (0, 1), got {val_size}")
+        count = max(1, round(n * val_size))
+    else:
+        count = val_size
+    if count < 1:
+        raise DataError("val_size", f"must be at least 1, got {count} (from {val_size!r} of {n} images)")
+    if count > n - num_classes:
+        raise DataError("val_size", f"{count} validation images out of {n} would leave a class with no training image")
+    return count
+
+
+def _stratified_counts(counts: list[int], total: int) -> list[int]:
+    """`total` spread over classes in proportion (largest remainder), every class kept
+    in both splits where the numbers allow."""
+    n = sum(counts)
+    exact = [total * c / n for c in counts]
+    take = [math.floor(e) for e in exact]
+    by_remainder = sorted(range(len(counts)), key=lambda i: (take[i] - exact[i], i))
+    for i in by_remainder[: total - sum(take)]:
+        take[i] += 1
+    for i in range(len(counts)):
+        donors = [j for j in range(len(counts)) if take[j] > 1]
+        if take[i] == 0 and counts[i] > 1 and donors:  # lend one from the share most above its due
+            donor = max(donors, key=lambda j: (take[j] - exact[j], -j))
+            take[donor] -= 1
+            take[i] += 1
+        while take[i] >= counts[i]:  # keep one for training
+            receiver = max(range(len(counts)), key=lambda j: (counts[j] - 1 - take[j], -j))
+            take[i] -= 1
+            take[receiver] += 1
+    return take
+
+
+def _stratified_split(
+    labels: torch.Tensor, num_classes: int, val_size: int | float | None, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    members = [(labels == c).nonzero().flatten() for c in range(num_classes)]
+    total = _val_count(len(labels), num_classes, val_size)
+    takes = _stratified_counts([len(m) for m in members], total)
+    train, val = [], []
+    for idx, take in zip(members, takes):
+        shuffled = idx[torch.randperm(len(idx), generator=gen)]
+        val.append(shuffled[:take])
+        train.append(shuffled[take:])
+    return torch.cat(train).sort().values, torch.cat(val).sort().values
+
+
+def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and std of uint8 images scaled to [0, 1], via histograms
+    (a float copy of 45,000 CIFAR images would take over a gigabyte)."""
+    levels = torch.arange(256, dtype=torch.float64) / 255.0
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        hist = torch.bincount(images[:, c].reshape(-1), minlength=256).to(torch.float64)
+        p = hist / hist.sum()
+        mean = float((p * levels).sum())
+        means.append(mean)
+        stds.append(math.sqrt(max(0.0, float((p * (levels - mean) ** 2).sum()))))
+    return tuple(means), tuple(stds)
