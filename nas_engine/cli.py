@@ -17,6 +17,7 @@ from nas_engine.cells import DESCRIPTIONS, KNOWN_CELLS
 from nas_engine.genotype import Genotype, GenotypeError
 from nas_engine.network import MacroConfig, NetworkError, filters_for_penultimate, parse_n_at_p
 from nas_engine.space import SpaceError
+from nas_engine.strategies import StrategyError
 
 EXIT_BAD_INPUT = 2
 
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
-    except (GenotypeError, NetworkError, SpaceError, DataError, RecipeError) as exc:
+    except (GenotypeError, NetworkError, SpaceError, DataError, RecipeError, StrategyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

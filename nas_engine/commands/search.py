@@ -1,17 +1,263 @@
-"""`python -m nas_engine search`: an architecture search on this machine, no web app."""
+"""`python -m nas_engine search`: an architecture search on this machine, no web app.
+
+The same strategies and loop the service runs: a strategy proposes genotypes, each child
+is trained on the data set (objective `accuracy`, the paper's reward) or scored by the
+training-free synthetic objective (`synthetic`, for trying strategies in seconds), the
+reward goes back to the strategy, and a checkpoint after every child lets `--resume`
+continue an interrupted search exactly where it stopped.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import threading
+from collections import deque
+from pathlib import Path
 
-from nas_engine.commands.train import add_data_arguments, add_recipe_arguments
+import torch
+from tqdm import tqdm
+
+from nas_engine.commands.train import add_data_arguments, add_recipe_arguments, data_from_args, resolve_device
+from nas_engine.genotype import Genotype
+from nas_engine.search import ChildResult, run_search
+from nas_engine.space import OPS, SearchSpace
+from nas_engine.strategies import STRATEGIES, StrategyError, make_strategy, read_checkpoint
+from nas_engine.synthetic import SyntheticObjective
+from nas_engine.trainer import Recipe, train_child
+
+# A search-time child small enough for a laptop CPU: N = 1, F = 8, 3 epochs.
+SEARCH_CHILD_DEFAULTS = {"repeats": 1, "filters": 8, "epochs": 3, "lr": 0.1, "batch_size": 64}
 
 
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--children", type=int, default=20, help="architectures to evaluate (default 20)")
+    group = parser.add_argument_group("search")
+    group.add_argument(
+        "--strategy", choices=sorted(STRATEGIES), help="(default ppo, the paper's; with --resume: the checkpoint's)"
+    )
+    group.add_argument("--settings", metavar="JSON", help="strategy settings, e.g. '{\"lr\": 0.00035}'")
+    group.add_argument(
+        "--objective", choices=["accuracy", "synthetic"], default="accuracy", help="reward (default accuracy)"
+    )
+    group.add_argument("--children", type=int, default=20, help="children to evaluate (default %(default)s)")
+    group.add_argument("--parallel", type=int, default=1, help="children outstanding before rewards come back")
+    group.add_argument("--checkpoint", type=Path, help="write a checkpoint here after every child (new file)")
+    group.add_argument(
+        "--resume",
+        type=Path,
+        help="continue the search checkpointed in this file (strategy, settings, space and seed come from it; "
+        "give the same data and child options)",
+    )
+    group.add_argument("--no-reuse", action="store_true", help="train duplicates again instead of reusing rewards")
+    group.add_argument("--output", "-o", type=Path, help="directory for best_genotype.json, children.jsonl")
+    group.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    group.add_argument("--synthetic-noise", type=float, default=0.0, help="synthetic: reward noise (std)")
+    group.add_argument("--synthetic-duration", type=float, default=0.0, help="synthetic: seconds per child")
+    space = parser.add_argument_group("search space")
+    space.add_argument("--ops", help=f"comma-separated op subset (default all 13: {','.join(OPS)})")
+    space.add_argument("--num-blocks", "-B", type=int, help="blocks per cell (default 5)")
+    space.add_argument("--combines", help="comma-separated: add,concat (default both)")
+    child = parser.add_argument_group("child network")
+    child.add_argument("--repeats", "-N", type=int, help=f"N (default {SEARCH_CHILD_DEFAULTS['repeats']})")
+    child.add_argument("--filters", "-F", type=int, help=f"F (default {SEARCH_CHILD_DEFAULTS['filters']})")
+    child.add_argument("--macro", choices=["cifar", "imagenet"], default="cifar")
     add_data_arguments(parser)
     add_recipe_arguments(parser)
+    parser.set_defaults(epochs=SEARCH_CHILD_DEFAULTS["epochs"], lr=SEARCH_CHILD_DEFAULTS["lr"])
+    parser.set_defaults(batch_size=SEARCH_CHILD_DEFAULTS["batch_size"], seed=None)
+
+
+def space_from_args(args: argparse.Namespace, default: SearchSpace) -> SearchSpace:
+    def split(text: str | None, fallback: tuple[str, ...]) -> list[str]:
+        return [t.strip() for t in text.split(",") if t.strip()] if text else list(fallback)
+
+    return SearchSpace.from_dict(
+        {
+            "ops": split(args.ops, default.ops),
+            "num_blocks": default.num_blocks if args.num_blocks is None else args.num_blocks,
+            "combines": split(args.combines, default.combines),
+        }
+    )
+
+
+def strategy_from_args(args: argparse.Namespace):
+    """A new strategy, or for --resume one built like the checkpointed one.
+
+    Options given on the command line must agree with the checkpoint (the loop refuses
+    a mismatch); options left out are taken from it, so `--resume FILE` alone works.
+    """
+    name, settings, space, seed = args.strategy or "ppo", settings_from_args(args), SearchSpace(), args.seed
+    if args.resume is not None:
+        saved = read_checkpoint(args.resume)
+        if args.strategy and args.strategy != saved["strategy"]:
+            raise StrategyError(
+                "checkpoint.strategy", f"{args.resume} holds a {saved['strategy']!r} search, not {args.strategy!r}"
+            )
+        name = saved["strategy"]
+        settings = settings if args.settings else saved["settings"]
+        space = SearchSpace.from_dict(saved["space"])
+        if seed is not None and seed != saved["seed"]:
+            raise StrategyError("seed", f"{seed} differs from the checkpoint's seed {saved['seed']}")
+        seed = saved["seed"]
+    args.seed = seed = 0 if seed is None else seed  # the objective and the data split use it too
+    space = space_from_args(args, space)
+    return make_strategy(name, space, settings, seed=seed), space
+
+
+def settings_from_args(args: argparse.Namespace) -> dict:
+    from nas_engine.cli import CliError
+
+    if not args.settings:
+        return {}
+    try:
+        settings = json.loads(args.settings)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--settings: malformed JSON: {exc.msg}") from None
+    if not isinstance(settings, dict):
+        raise CliError("--settings: must be a JSON object")
+    return settings
+
+
+def make_evaluate(args: argparse.Namespace, space: SearchSpace):
+    """The reward function, and a one-line description of it."""
+    if args.objective == "synthetic":
+        try:
+            objective = SyntheticObjective(
+                space, seed=args.seed, noise=args.synthetic_noise, duration_s=args.synthetic_duration
+            )
+        except ValueError as exc:
+            raise StrategyError("objective", str(exc)) from None
+        return objective, f"synthetic objective (optimum {objective.optimum()[1]:.4f})"
+    recipe = Recipe(
+        macro=args.macro,
+        repeats=args.repeats or SEARCH_CHILD_DEFAULTS["repeats"],
+        filters=args.filters or SEARCH_CHILD_DEFAULTS["filters"],
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        cosine=not args.no_cosine,
+        label_smoothing=args.label_smoothing,
+        drop_path_keep=args.drop_path_keep,
+        aux_weight=args.aux_weight,
+        grad_clip=args.grad_clip,
+        augment=not args.no_augment,
+        cutout=args.cutout,
+        seed=args.seed,
+    )
+    device = resolve_device(args.device)
+    data = data_from_args(args, progress=not args.no_progress and not args.json)
+    # Children share the process's RNG and cores, so they train one at a time even when
+    # --parallel keeps several proposals outstanding (which is what changes the search).
+    lock = threading.Lock()
+
+    def evaluate(genotype: Genotype) -> float | None:
+        with lock:
+            return train_child(genotype, recipe, data, device=device).reward
+
+    n_train, n_val = len(data.train_labels), len(data.val_labels)
+    return evaluate, (
+        f"validation accuracy on {data.name} ({n_train} train / {n_val} val), "
+        f"children N={recipe.repeats} F={recipe.filters}, {recipe.epochs} epochs on {device}"
+    )
+
+
+class SearchProgress:
+    """A bar over children showing the best reward and the mean of the last 20."""
+
+    def __init__(self, total: int, enabled: bool, output: Path | None):
+        self.bar = tqdm(total=total, desc="search", unit="child", disable=not enabled)
+        self.recent: deque[float] = deque(maxlen=20)
+        self.best: float | None = None
+        self.log = None
+        if output is not None:
+            output.mkdir(parents=True, exist_ok=True)
+            self.log = (output / "children.jsonl").open("a")
+
+    def on_result(self, result: ChildResult) -> None:
+        if result.reward is not None:
+            self.recent.append(result.reward)
+            self.best = result.reward if self.best is None else max(self.best, result.reward)
+        self.bar.update(1)
+        if self.best is not None:
+            self.bar.set_postfix(best=f"{self.best:.4f}", recent=f"{sum(self.recent) / len(self.recent):.4f}")
+        if self.log is not None:
+            row = {
+                "id": result.proposal_id,
+                "status": result.status,
+                "reward": result.reward,
+                "hash": result.genotype.canonical_hash(),
+                "genotype": result.genotype.to_dict(),
+            }
+            self.log.write(json.dumps(row) + "\n")
+            self.log.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.log is not None:
+            self.log.close()
 
 
 def run_search_command(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    from nas_engine.cli import CliError
+
+    if args.checkpoint and args.resume:
+        raise CliError("--resume: give either --checkpoint (a new search) or --resume (continue one), not both")
+    if args.resume is not None and not args.resume.is_file():
+        raise CliError(f"--resume: {args.resume}: no such checkpoint file")
+    if args.checkpoint is not None and args.checkpoint.exists():
+        raise CliError(f"--checkpoint: {args.checkpoint} exists; use --resume {args.checkpoint} to continue it")
+    strategy, space = strategy_from_args(args)
+    if args.objective == "synthetic":
+        # The controller's updates are the only tensor work: one thread avoids OpenMP
+        # spinning against other processes for no gain on such small tensors.
+        torch.set_num_threads(1)
+    evaluate, described = make_evaluate(args, space)
+    show = not args.no_progress and not args.json
+    if show:
+        print(f"{strategy.name} search, {args.children} children, reward = {described}", file=sys.stderr)
+    progress = SearchProgress(args.children, show, args.output)
+    try:
+        summary = run_search(
+            strategy,
+            evaluate,
+            children=args.children,
+            parallel=args.parallel,
+            reuse_duplicates=not args.no_reuse,
+            on_result=progress.on_result,
+            checkpoint_path=args.resume or args.checkpoint,
+            resume=args.resume is not None,
+        )
+    finally:
+        progress.close()
+    result = {
+        "strategy": strategy.name,
+        "objective": args.objective,
+        "children": summary.children,
+        "failed": summary.failed,
+        "reused": summary.reused,
+        "best_reward": summary.best_reward,
+        "mean_reward_last_100": summary.mean_reward_last_100,
+        "best_genotype": summary.best_genotype.to_dict() if summary.best_genotype else None,
+        "best_hash": summary.best_genotype.canonical_hash() if summary.best_genotype else None,
+        "duration_s": summary.duration,
+    }
+    if args.output is not None and summary.best_genotype is not None:
+        (args.output / "best_genotype.json").write_text(summary.best_genotype.to_json(indent=2))
+        (args.output / "summary.json").write_text(json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    if summary.best_reward is None:
+        print(f"{summary.children} children, none succeeded ({summary.failed} failed)")
+        return 1
+    print(
+        f"{summary.children} children ({summary.reused} reused, {summary.failed} failed) in {summary.duration:.1f}s: "
+        f"best reward {summary.best_reward:.4f}, mean of the last 100 {summary.mean_reward_last_100:.4f}"
+    )
+    print(f"best genotype {result['best_hash'][:12]}: {summary.best_genotype.to_json()}")
+    if args.output is not None:
+        print(f"written to {args.output}/ (best_genotype.json, summary.json, children.jsonl)", file=sys.stderr)
+    return 0

@@ -1,0 +1,116 @@
+"""The synthetic objective: seeded, bounded, invariant, with an exact optimum."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import statistics
+import time
+
+import pytest
+
+from nas_engine.cells import KNOWN_CELLS
+from nas_engine.genotype import Block, Cell, Genotype
+from nas_engine.space import SearchSpace
+from nas_engine.synthetic import SyntheticObjective
+
+SPACE = SearchSpace()
+SMALL_SPACE = SearchSpace(ops=("identity", "sep_conv_3x3", "max_pool_3x3"), num_blocks=3, combines=("add",))
+
+
+def random_genotypes(space, n, seed=0):
+    rng = random.Random(seed)
+    return [Genotype.from_decisions(space, [rng.randrange(s) for s in space.decision_sizes()]) for _ in range(n)]
+
+
+def swap_halves(genotype: Genotype) -> Genotype:
+    def swap(cell):
+        return Cell(tuple(Block(b.inputs[::-1], b.ops[::-1], b.combine) for b in cell.blocks), cell.output)
+
+    return Genotype(normal=swap(genotype.normal), reduce=swap(genotype.reduce))
+
+
+def test_it_is_seeded_and_deterministic():
+    genotypes = random_genotypes(SPACE, 20)
+    a, b, c = SyntheticObjective(SPACE, 0), SyntheticObjective(SPACE, 0), SyntheticObjective(SPACE, 1)
+    assert [a(g) for g in genotypes] == [b(g) for g in genotypes]
+    assert [a(g) for g in genotypes] != [c(g) for g in genotypes]
+
+
+@pytest.mark.parametrize("space", [SPACE, SMALL_SPACE, SearchSpace(num_blocks=8)], ids=["paper", "small", "b8"])
+def test_rewards_are_bounded_and_standardised_against_random_search(space):
+    objective = SyntheticObjective(space, 3)
+    genotypes = random_genotypes(space, 3000)
+    zs = [objective.z(g) for g in genotypes]
+    assert statistics.mean(zs) == pytest.approx(0.0, abs=0.06)  # exact moments, checked by sampling
+    assert statistics.stdev(zs) == pytest.approx(1.0, abs=0.06)
+    assert all(0.0 < objective(g) < 1.0 for g in genotypes)
+    noisy = SyntheticObjective(space, 3, noise=0.5)
+    assert all(0.0 <= noisy(g) <= 1.0 for g in genotypes[:300])
+
+
+def test_the_same_cell_written_two_ways_gets_the_same_reward():
+    objective = SyntheticObjective(SPACE, 0, noise=0.05)
+    for g in random_genotypes(SPACE, 200) + list(KNOWN_CELLS.values()):
+        assert objective(g.canonical()) == objective(g)
+        assert objective(swap_halves(g)) == objective(g)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_optimum_is_the_best_of_every_single_change_and_of_random_search(seed):
+    objective = SyntheticObjective(SPACE, seed)
+    best, reward = objective.optimum()
+    assert best.validate(SPACE) == best and objective(best) == reward
+    decisions = best.to_decisions(SPACE)
+    for k, size in enumerate(SPACE.decision_sizes()):
+        for value in range(size):
+            neighbour = Genotype.from_decisions(SPACE, decisions[:k] + [value] + decisions[k + 1 :])
+            assert objective(neighbour) <= reward
+    best_of_500 = max(objective(g) for g in random_genotypes(SPACE, 500, seed))
+    assert best_of_500 < reward - 0.15  # random search's best is clearly below the optimum
+    assert 0.95 < reward < 1.0
+
+
+def test_the_optimum_is_exact_by_brute_force_in_a_tiny_space():
+    """The score adds over cells, so checking every normal cell (reduction fixed at the
+    optimum's) and every reduction cell (normal fixed) covers the whole space."""
+    space = SearchSpace(ops=("identity", "sep_conv_3x3"), num_blocks=2, combines=("add", "concat"))
+    objective = SyntheticObjective(space, 4)
+    best, reward = objective.optimum()
+    per_cell = space.decision_sizes()[: space.decisions_per_cell]
+    cell_choices = list(itertools.product(*(range(s) for s in per_cell)))  # 1,152 cells
+    assert len(cell_choices) == 2 * 2 * 2 * 2 * 2 * 3 * 3 * 2 * 2 * 2
+    d = best.to_decisions(space)
+    n = space.decisions_per_cell
+    top_normal = max(objective.reward(Genotype.from_decisions(space, list(c) + d[n:])) for c in cell_choices)
+    top_reduce = max(objective.reward(Genotype.from_decisions(space, d[:n] + list(c))) for c in cell_choices)
+    assert top_normal == pytest.approx(reward, abs=1e-12) and top_reduce == pytest.approx(reward, abs=1e-12)
+
+
+def test_a_restricted_space_gets_its_own_optimum():
+    objective = SyntheticObjective(SMALL_SPACE, 0)
+    best, reward = objective.optimum()
+    assert best.validate(SMALL_SPACE) == best
+    assert reward > max(objective(g) for g in random_genotypes(SMALL_SPACE, 200))
+
+
+def test_failures_are_seeded_per_architecture():
+    genotypes = random_genotypes(SPACE, 400)
+    assert all(SyntheticObjective(SPACE, 0, failure_rate=1.0)(g) is None for g in genotypes[:10])
+    flaky = SyntheticObjective(SPACE, 0, failure_rate=0.25)
+    outcomes = [flaky(g) is None for g in genotypes]
+    assert 60 <= sum(outcomes) <= 140
+    assert outcomes == [flaky(g) is None for g in genotypes]
+
+
+def test_it_can_take_time_like_a_training_would():
+    objective = SyntheticObjective(SPACE, 0, duration_s=0.05)
+    started = time.monotonic()
+    objective(random_genotypes(SPACE, 1)[0])
+    assert time.monotonic() - started >= 0.05
+
+
+def test_it_rejects_bad_options():
+    for kwargs in ({"noise": -1.0}, {"failure_rate": 1.5}, {"duration_s": -1.0}):
+        with pytest.raises(ValueError):
+            SyntheticObjective(SPACE, 0, **kwargs)
