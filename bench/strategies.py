@@ -7,17 +7,16 @@
     controller strategies run with the paper's settings and, as extra rows, with the
     learning rate scaled up for a short search (`--scaled-lr`, 0 to skip): the paper's
     0.00035 was set for 20,000 children.
-(b) A real CPU proxy: NASNet children trained on a CIFAR-10 subset. It needs the child
-    trainer (`nas_engine/trainer.py`, `nas_engine/data.py`); without it part (b) says it
-    is skipped and why. See `part_b`.
+(b) A real CPU proxy: NASNet children trained on a CIFAR-10 subset from the JPEG folder
+    (`--data-root`, default ../shared/datasets), about 20 minutes on 2 cores.
 
     python bench/strategies.py --part a --children 1000 --seeds 3
+    python bench/strategies.py --part b --children 40 --seeds 1 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import time
@@ -47,6 +46,7 @@ def run_one(name: str, settings: dict, space: SearchSpace, objective, children: 
         "best": summary.best_reward,
         "top5": sum(top5) / len(top5),
         "last100": summary.mean_reward_last_100,
+        "last10": statistics.mean(summary.history[-10:]) if summary.history else float("nan"),
         "seconds": time.perf_counter() - started,
     }
 
@@ -88,39 +88,60 @@ def part_a(args) -> None:
 
 
 # -- (b) a real CPU proxy -----------------------------------------------------------------------
-def part_b(args) -> None:
-    """NASNet children trained on a CIFAR-10 subset on the CPU, per strategy.
+# Budget: about 20 minutes on 2 cores for the four strategies. A child here is NASNet
+# N = 1, F = 8 on 16x16 CIFAR-10 images (1,000 train / 500 validation, class-balanced),
+# 3 epochs: about 7 s each, so a strategy gets a few dozen children. The short-run
+# settings scale the strategies down with the budget (a population of 100 or a
+# minibatch of 20 would never get going in 40 children); they are printed.
+PROXY_SETTINGS = {
+    "random": {},
+    "evolution": {"population_size": 10, "tournament_size": 3},
+    "reinforce": {"lr": 0.005, "batch_size": 5},
+    "ppo": {"lr": 0.005, "batch_size": 5},
+}
 
-    Not wired yet: it needs `nas_engine.trainer.train_child(genotype, recipe, data,
-    device, reporter) -> TrainResult(reward, ...)` and `nas_engine.data.load_dataset`,
-    which are being written. To wire it, build `evaluate` in `cifar_proxy_evaluator` and
-    reuse `run_one` with it (a few dozen children per strategy is what a CPU affords).
-    """
-    missing = [m for m in ("nas_engine.trainer", "nas_engine.data") if importlib.util.find_spec(m) is None]
-    if missing:
-        print(f"\n(b) skipped: {' and '.join(missing)} not found (the child trainer is not written yet)")
-        return
-    try:
-        evaluate = cifar_proxy_evaluator(args)
-    except NotImplementedError as exc:
-        print(f"\n(b) skipped: {exc}")
-        return
+
+def part_b(args) -> None:
+    """NASNet children trained on a CIFAR-10 subset on the CPU, per strategy and seed."""
+    evaluate, described = cifar_proxy_evaluator(args)
     space = SearchSpace()
-    print(f"\n(b) CIFAR-10 proxy, {args.children} children, {args.seeds} seeds")
+    print(f"\n(b) CIFAR-10 proxy: {described}; {args.children} children per strategy, {args.seeds} seed(s)")
+    rows: dict[str, list[dict]] = {name: [] for name in PROXY_SETTINGS}
     for seed in range(args.seeds):
-        for name in ("random", "evolution", "reinforce", "ppo"):
-            r = run_one(name, {}, space, evaluate, args.children, seed)
-            print(f"  seed {seed} {name:<10} best {r['best']:.3f} top-5 {r['top5']:.3f} ({r['seconds']:.0f}s)")
+        for name, settings in PROXY_SETTINGS.items():
+            r = run_one(name, settings, space, evaluate, args.children, seed)
+            rows[name].append(r)
+            print(
+                f"  seed {seed} {name:<10} {settings} best {r['best']:.3f} top-5 {r['top5']:.3f} "
+                f"last-10 {r['last10']:.3f} ({r['seconds']:.0f}s)",
+                flush=True,
+            )
+    base = {k: statistics.mean(r[k] for r in rows["random"]) for k in ("best", "top5")}
+    print(f"{'strategy':<12}{'best':>8}{'top-5':>8}{'last-10':>9}{'best/rand':>11}{'top5/rand':>11}")
+    for name, runs in rows.items():
+        best, top5 = statistics.mean(r["best"] for r in runs), statistics.mean(r["top5"] for r in runs)
+        last = statistics.mean(r["last10"] for r in runs)
+        print(f"{name:<12}{best:>8.3f}{top5:>8.3f}{last:>9.3f}{best / base['best']:>11.3f}{top5 / base['top5']:>11.3f}")
 
 
 def cifar_proxy_evaluator(args):
-    """`evaluate(genotype) -> validation accuracy | None` training on a CIFAR-10 subset.
+    """`evaluate(genotype) -> validation accuracy | None`, training on a CIFAR-10 subset."""
+    from nas_engine.data import load_dataset
+    from nas_engine.trainer import Recipe, train_child
 
-    To be written once the trainer's recipe and data API are settled: load the subset
-    with `nas_engine.data.load_dataset`, and per genotype call `train_child` on the CPU
-    with a short recipe, returning `result.reward` (None when training diverged).
-    """
-    raise NotImplementedError("the trainer exists but cifar_proxy_evaluator() is not wired to it yet")
+    data = load_dataset(
+        "cifar10-jpeg/train", data_root=args.data_root, image_size=16, subset_per_class=150, val_size=500, seed=0
+    )
+    recipe = Recipe(repeats=1, filters=8, epochs=3, batch_size=32, lr=0.05, seed=0)
+
+    def evaluate(genotype):
+        return train_child(genotype, recipe, data).reward
+
+    described = (
+        f"N={recipe.repeats} F={recipe.filters}, {data.image_size}px, {len(data.train_labels)} train / "
+        f"{len(data.val_labels)} val images, {recipe.epochs} epochs, lr {recipe.lr}"
+    )
+    return evaluate, described
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--scaled-lr", type=float, default=0.005, help="extra controller rows with this lr; 0: none")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.part in ("a", "all"):

@@ -1,0 +1,206 @@
+"""A search spec: everything a search needs, validated completely before anything runs.
+
+The web form, the REST API and the workers all speak this one JSON shape:
+
+    {"dataset":   {"name": "digits", "subset_per_class": null, "val_size": null, "image_size": null},
+     "objective": {"name": "accuracy"}            # or {"name": "synthetic", "noise": 0, "duration_s": 0,
+                                                  #     "failure_rate": 0}
+     "strategy":  {"name": "ppo", "settings": {"lr": 0.00035}},
+     "space":     {"ops": [...13 ops...], "num_blocks": 5, "combines": ["add", "concat"]},
+     "child":     {"repeats": 1, "filters": 8, "epochs": 3, ...},   # a trainer Recipe
+     "budget":    {"children": 20, "parallel": 2},
+     "seed": 0,
+     "reuse_duplicates": true}
+
+Shorthands are accepted on input ("dataset": "digits", "objective": "synthetic",
+"strategy": "ppo"); `to_dict()` always gives the full form. Errors are `SpecError` with
+the dotted path of the offending field (`child.epochs`, `strategy.settings.lr`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nas_engine.data import BUILTIN, DataError, resolve_under_root
+from nas_engine.space import SearchSpace, SpaceError
+from nas_engine.strategies import StrategyError, make_strategy
+from nas_engine.trainer import Recipe, RecipeError
+
+OBJECTIVES = ("accuracy", "synthetic")
+# A search-time child small enough for a CPU: N = 1, F = 8, 3 epochs.
+DEFAULT_CHILD = {"repeats": 1, "filters": 8, "epochs": 3, "lr": 0.1, "batch_size": 64}
+
+
+class SpecError(ValueError):
+    def __init__(self, field: str, reason: str):
+        self.field, self.reason = field, reason
+        super().__init__(f"{field}: {reason}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one search may ask for (per-deployment quotas)."""
+
+    max_children: int = 20000
+    max_parallel: int = 64
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    dataset: dict
+    objective: dict
+    strategy: str
+    strategy_settings: dict
+    space: SearchSpace
+    child: Recipe
+    children: int
+    parallel: int
+    seed: int = 0
+    reuse_duplicates: bool = True
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "dataset": dict(self.dataset),
+            "objective": dict(self.objective),
+            "strategy": {"name": self.strategy, "settings": dict(self.strategy_settings)},
+            "space": self.space.to_dict(),
+            "child": self.child.to_dict(),
+            "budget": {"children": self.children, "parallel": self.parallel},
+            "seed": self.seed,
+            "reuse_duplicates": self.reuse_duplicates,
+        }
+
+    def make_strategy(self):
+        return make_strategy(self.strategy, self.space, self.strategy_settings, seed=self.seed)
+
+
+def _obj(data: object, path: str, shorthand_key: str | None = "name") -> dict:
+    if isinstance(data, str) and shorthand_key:
+        return {shorthand_key: data}
+    if not isinstance(data, dict):
+        raise SpecError(path, "must be an object" + (" or a name" if shorthand_key else ""))
+    return dict(data)
+
+
+def _unknown(data: dict, allowed: set[str], path: str) -> None:
+    for key in data:
+        if key not in allowed:
+            prefix = f"{path}." if path else ""
+            raise SpecError(f"{prefix}{key}", f"unknown field; allowed: {', '.join(sorted(allowed))}")
+
+
+def _int(value: object, path: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(path, f"must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise SpecError(path, f"must be {bound}, got {value}")
+    return value
+
+
+def _number(value: object, path: str, low: float, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SpecError(path, f"must be a number, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise SpecError(path, f"must be {bound}, got {value}")
+    return float(value)
+
+
+def _dataset(data: object, data_root: Path) -> dict:
+    d = _obj(data, "dataset")
+    _unknown(d, {"name", "subset_per_class", "val_size", "image_size"}, "dataset")
+    name = d.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise SpecError("dataset.name", "required: digits, cifar10 or an image folder under the data root")
+    if name not in BUILTIN:
+        try:
+            folder = resolve_under_root(name, data_root)
+        except DataError:
+            # Say why without echoing server paths back to the submitter.
+            raise SpecError("dataset.name", f"{name!r} leaves the data root; give a folder inside it") from None
+        if not folder.is_dir():
+            raise SpecError("dataset.name", f"{name!r} is not a folder under the data root")
+    out = {"name": name, "subset_per_class": None, "val_size": None, "image_size": None}
+    if d.get("subset_per_class") is not None:
+        out["subset_per_class"] = _int(d["subset_per_class"], "dataset.subset_per_class", 1)
+    if d.get("image_size") is not None:
+        out["image_size"] = _int(d["image_size"], "dataset.image_size", 8, 512)
+    if d.get("val_size") is not None:
+        v = d["val_size"]
+        if isinstance(v, float) and 0 < v < 1:
+            out["val_size"] = v
+        else:
+            out["val_size"] = _int(v, "dataset.val_size", 1)
+    return out
+
+
+def _objective(data: object) -> dict:
+    o = _obj(data, "objective")
+    name = o.get("name")
+    if name not in OBJECTIVES:
+        raise SpecError("objective.name", f"must be one of {', '.join(OBJECTIVES)}, got {name!r}")
+    if name == "accuracy":
+        _unknown(o, {"name"}, "objective")
+        return {"name": "accuracy"}
+    _unknown(o, {"name", "noise", "duration_s", "failure_rate"}, "objective")
+    return {
+        "name": "synthetic",
+        "noise": _number(o.get("noise", 0.0), "objective.noise", 0.0, 1.0),
+        "duration_s": _number(o.get("duration_s", 0.0), "objective.duration_s", 0.0, 3600.0),
+        "failure_rate": _number(o.get("failure_rate", 0.0), "objective.failure_rate", 0.0, 1.0),
+    }
+
+
+def validate_spec(data: object, *, data_root: Path, limits: Limits | None = None) -> SearchSpec:
+    """Parse and check a whole spec; raise SpecError naming the first bad field."""
+    limits = limits or Limits()
+    if not isinstance(data, dict):
+        raise SpecError("spec", "must be a JSON object")
+    allowed = {"dataset", "objective", "strategy", "space", "child", "budget", "seed", "reuse_duplicates"}
+    _unknown(data, allowed, "")
+    dataset = _dataset(data.get("dataset", "digits"), Path(data_root))
+    objective = _objective(data.get("objective", "accuracy"))
+    try:
+        space = SearchSpace.from_dict(data.get("space"))
+    except SpaceError as exc:
+        field, _, reason = str(exc).partition(": ")
+        raise SpecError(field, reason) from None
+    child_data = _obj(data.get("child", {}), "child", shorthand_key=None)
+    try:
+        child = Recipe.from_dict({**DEFAULT_CHILD, **child_data})
+    except RecipeError as exc:
+        raise SpecError(f"child.{exc.field}", exc.reason) from None
+    budget = _obj(data.get("budget", {}), "budget", shorthand_key=None)
+    _unknown(budget, {"children", "parallel"}, "budget")
+    children = _int(budget.get("children", 20), "budget.children", 1, limits.max_children)
+    parallel = _int(budget.get("parallel", 1), "budget.parallel", 1, limits.max_parallel)
+    seed = _int(data.get("seed", 0), "seed", 0, 2**31 - 1)
+    reuse = data.get("reuse_duplicates", True)
+    if not isinstance(reuse, bool):
+        raise SpecError("reuse_duplicates", f"must be true or false, got {reuse!r}")
+    strategy = _obj(data.get("strategy", "ppo"), "strategy")
+    _unknown(strategy, {"name", "settings"}, "strategy")
+    settings = strategy.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise SpecError("strategy.settings", "must be an object")
+    spec = SearchSpec(
+        dataset=dataset,
+        objective=objective,
+        strategy=strategy.get("name"),
+        strategy_settings=settings,
+        space=space,
+        child=child,
+        children=children,
+        parallel=parallel,
+        seed=seed,
+        reuse_duplicates=reuse,
+    )
+    try:  # builds the strategy once: unknown names and bad settings are caught here
+        built = spec.make_strategy()
+    except StrategyError as exc:
+        raise SpecError(exc.field, exc.reason) from None
+    return SearchSpec(**{**spec.__dict__, "strategy_settings": dict(built.settings)})

@@ -1,0 +1,1 @@
+"""The Django project: teams, searches, architectures and rewards, the API and the pages."""

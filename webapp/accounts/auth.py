@@ -1,0 +1,28 @@
+"""API authentication: `Authorization: Bearer <token>` checked against stored hashes."""
+
+from __future__ import annotations
+
+from django.utils import timezone
+from rest_framework import authentication, exceptions
+
+from webapp.accounts.models import ApiToken, hash_token
+
+
+class HashedTokenAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).split()
+        if not header or header[0].decode(errors="replace") not in (self.keyword, "Token"):
+            return None
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed("Authorization header must be 'Bearer <token>'.")
+        raw = header[1].decode(errors="replace")
+        token = ApiToken.objects.select_related("user").filter(digest=hash_token(raw)).first()
+        if token is None or not token.user.is_active:
+            raise exceptions.AuthenticationFailed("Invalid or revoked token.")
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+        return token.user, token
+
+    def authenticate_header(self, request) -> str:
+        return self.keyword
