@@ -116,13 +116,18 @@ def _dataset(data: object, data_root: Path) -> dict:
     name = d.get("name")
     if not isinstance(name, str) or not name.strip():
         raise SpecError("dataset.name", "required: digits, cifar10 or an image folder under the data root")
+    if len(name) > 500 or "\x00" in name:
+        raise SpecError("dataset.name", "must be a path of at most 500 characters without NUL bytes")
     if name not in BUILTIN:
         try:
             folder = resolve_under_root(name, data_root)
+            is_dir = folder.is_dir()
         except DataError:
             # Say why without echoing server paths back to the submitter.
             raise SpecError("dataset.name", f"{name!r} leaves the data root; give a folder inside it") from None
-        if not folder.is_dir():
+        except (OSError, ValueError):  # a name the file system cannot even look up
+            is_dir = False
+        if not is_dir:
             raise SpecError("dataset.name", f"{name!r} is not a folder under the data root")
     out = {"name": name, "subset_per_class": None, "val_size": None, "image_size": None}
     if d.get("subset_per_class") is not None:

@@ -23,12 +23,13 @@ from nas_engine.commands.train import add_data_arguments, add_recipe_arguments, 
 from nas_engine.genotype import Genotype
 from nas_engine.search import ChildResult, run_search
 from nas_engine.space import OPS, SearchSpace
+from nas_engine.spec import DEFAULT_CHILD
 from nas_engine.strategies import STRATEGIES, StrategyError, make_strategy, read_checkpoint
 from nas_engine.synthetic import SyntheticObjective
 from nas_engine.trainer import Recipe, train_child
 
-# A search-time child small enough for a laptop CPU: N = 1, F = 8, 3 epochs.
-SEARCH_CHILD_DEFAULTS = {"repeats": 1, "filters": 8, "epochs": 3, "lr": 0.1, "batch_size": 64}
+# The same small search-time child as a spec's default (N = 1, F = 8, 3 epochs).
+SEARCH_CHILD_DEFAULTS = DEFAULT_CHILD
 
 
 def add_search_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,3 +1,17 @@
-from django.urls import path  # noqa: F401
+"""Web pages. Login and logout come from django.contrib.auth.urls (accounts/)."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from webapp.front import views
+
+app_name = "front"
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("searches/new", views.search_new, name="search_new"),
+    path("searches/<int:search_id>", views.search_detail, name="search"),
+    path("searches/<int:search_id>/<slug:action>", views.search_action, name="search_action"),
+    path("architectures/<int:arch_id>", views.architecture_detail, name="architecture"),
+    path("architectures/<int:arch_id>/genotype.json", views.architecture_genotype, name="genotype_json"),
+    path("architectures/<int:arch_id>/train", views.architecture_train, name="architecture_train"),
+]

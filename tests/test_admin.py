@@ -1,0 +1,123 @@
+"""Django admin: staff only, every model listed and searchable, actions through services."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_front_helpers import make_architecture, make_search
+from webapp.accounts.models import ApiToken
+from webapp.searches import models as m
+
+CHANGELISTS = [
+    "/admin/accounts/team/",
+    "/admin/accounts/membership/",
+    "/admin/accounts/apitoken/",
+    "/admin/searches/search/",
+    "/admin/searches/architecture/",
+    "/admin/searches/childrun/",
+    "/admin/searches/trainingjob/",
+]
+
+
+@pytest.fixture
+def search(personas):
+    search = make_search(personas.alpha, personas.owner, name="alpha digits")
+    make_architecture(search, 0, reward=0.91)
+    make_architecture(search, 1, run_status=m.RUN_FAILED)
+    return search
+
+
+def test_a_non_staff_member_is_sent_to_the_admin_login(client, personas):
+    client.force_login(personas.owner)
+    response = client.get("/admin/")
+    assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+    assert client.get("/admin/searches/search/").status_code == 302
+
+
+def test_an_anonymous_visitor_is_sent_to_the_admin_login(client, db):
+    assert client.get("/admin/searches/search/").status_code == 302
+
+
+@pytest.mark.parametrize("url", CHANGELISTS)
+def test_staff_can_list_search_and_filter_every_model(client, personas, search, url):
+    m.TrainingJob.objects.create(
+        team=personas.alpha, owner=personas.owner, name="job", genotype={}, dataset={}, recipe={}
+    )
+    ApiToken.issue(personas.owner, "laptop")
+    client.force_login(personas.staff)
+    assert client.get(url).status_code == 200
+    assert client.get(url, {"q": "alpha"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "url, params",
+    [
+        ("/admin/searches/search/", {"status__exact": "running"}),
+        ("/admin/searches/childrun/", {"status__exact": "failed"}),
+    ],
+)
+def test_filters_narrow_the_lists(client, personas, search, url, params):
+    client.force_login(personas.staff)
+    response = client.get(url, params)
+    assert response.status_code == 200 and response.context["cl"].result_count == 1
+
+
+def test_the_search_page_shows_counters_checkpoint_size_and_links_to_architectures(client, personas, search):
+    search.checkpoint = b"x" * 3000
+    search.save()
+    client.force_login(personas.staff)
+    body = client.get(f"/admin/searches/search/{search.id}/change/").content.decode()
+    assert "2.9 KiB" in body
+    assert f"?search__id__exact={search.id}" in body and "all 2 architectures" in body
+    assert 'name="checkpoint"' not in body and 'name="status"' not in body  # read-only
+    assert "#0 (0.9100)" in body
+    listed = client.get("/admin/searches/architecture/", {"search__id__exact": search.id})
+    assert listed.status_code == 200 and listed.context["cl"].result_count == 2
+
+
+def test_the_architecture_page_draws_both_cells(client, personas, search):
+    arch = search.architectures.get(sample_index=0)
+    client.force_login(personas.staff)
+    body = client.get(f"/admin/searches/architecture/{arch.id}/change/").content.decode()
+    assert "<svg" in body and 'data-cell="normal"' in body and 'data-cell="reduce"' in body
+
+
+def test_api_tokens_show_prefix_and_digest_never_the_raw_value(client, personas):
+    token, raw = ApiToken.issue(personas.owner, "laptop")
+    client.force_login(personas.staff)
+    body = client.get(f"/admin/accounts/apitoken/{token.id}/change/").content.decode()
+    assert token.digest in body and token.prefix in body and raw not in body
+    assert 'name="digest"' not in body
+    assert client.get("/admin/accounts/apitoken/add/").status_code == 403
+
+
+def test_the_cancel_action_cancels_through_the_service(client, personas, search):
+    done = make_search(personas.alpha, personas.owner, name="finished one", status=m.FINISHED)
+    client.force_login(personas.staff)
+    response = client.post(
+        "/admin/searches/search/",
+        {"action": "cancel_searches", "_selected_action": [search.id, done.id]},
+        follow=True,
+    )
+    search.refresh_from_db(), done.refresh_from_db()
+    assert (search.status, done.status) == (m.CANCELLING, m.FINISHED)
+    body = response.content.decode()
+    assert "Cancelling 1." in body and "cannot cancel a finished search" in body
+
+
+def test_the_requeue_action_gives_failed_runs_another_try(client, personas, search):
+    client.force_login(personas.staff)
+    client.post("/admin/searches/search/", {"action": "requeue_failed", "_selected_action": [search.id]})
+    run = m.ChildRun.objects.get(architecture__search=search, architecture__sample_index=1)
+    assert run.status == m.RUN_QUEUED
+
+
+def test_the_promote_action_queues_a_training_job_at_scale_on_the_searchs_data_set(client, personas, search):
+    arch = search.architectures.get(sample_index=0)
+    client.force_login(personas.staff)
+    client.post("/admin/searches/architecture/", {"action": "promote_architectures", "_selected_action": [arch.id]})
+    job = m.TrainingJob.objects.get()
+    assert (job.architecture, job.team, job.owner) == (arch, personas.alpha, personas.staff)
+    assert (job.recipe["repeats"], job.recipe["filters"], job.recipe["epochs"]) == (6, 32, 600)
+    assert job.recipe["aux_weight"] == 0.4 and job.recipe["cutout"] == 0  # no cutout on 8x8 digits
+    assert job.dataset == search.spec["dataset"]

@@ -1,0 +1,83 @@
+"""An architecture's page, its genotype download and the "train at scale" form."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nas_engine.cells import NASNET_A
+from tests.test_front_helpers import make_architecture, make_search
+from webapp.searches.models import TrainingJob
+
+
+@pytest.fixture
+def arch(personas):
+    return make_architecture(make_search(personas.alpha, personas.owner, name="alpha digits"), 0, reward=0.8765)
+
+
+def test_it_redirects_an_anonymous_visitor_to_login(client, arch):
+    for url in (f"/architectures/{arch.id}", f"/architectures/{arch.id}/genotype.json"):
+        assert client.get(url).status_code == 302
+    assert client.post(f"/architectures/{arch.id}/train", {}).status_code == 302
+
+
+@pytest.mark.parametrize("who", ["owner", "member", "staff"])
+def test_it_shows_cells_numbers_and_per_epoch_metrics(client, personas, arch, who):
+    client.force_login(getattr(personas, who))
+    response = client.get(f"/architectures/{arch.id}")
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert body.count("<svg") == 1 and 'data-cell="normal"' in body and 'data-cell="reduce"' in body
+    assert "0.8765" in body and "123,456" in body and "7,890,123" in body
+    assert response.context["column_keys"][:3] == ["epoch", "train_loss", "train_acc"]
+    assert "val acc" in body and "0.8300" in body and "1.2" in body
+    assert f'href="/architectures/{arch.id}/genotype.json"' in body
+
+
+def test_an_outsider_gets_404_everywhere(client, personas, arch):
+    client.force_login(personas.outsider)
+    assert client.get(f"/architectures/{arch.id}").status_code == 404
+    assert client.get(f"/architectures/{arch.id}/genotype.json").status_code == 404
+    data = {"name": "x", "repeats": 6, "filters": 32, "epochs": 10, "dataset": "digits"}
+    assert client.post(f"/architectures/{arch.id}/train", data).status_code == 404
+    assert not TrainingJob.objects.exists()
+
+
+def test_the_genotype_downloads_as_json(client, personas, arch):
+    client.force_login(personas.member)
+    response = client.get(f"/architectures/{arch.id}/genotype.json")
+    assert response.status_code == 200 and response["Content-Type"] == "application/json"
+    assert "attachment" in response["Content-Disposition"]
+    assert json.loads(response.content) == NASNET_A.to_dict()
+
+
+def test_a_member_queues_a_training_job_at_scale(client, personas, arch):
+    client.force_login(personas.member)
+    data = {"name": "big one", "repeats": 4, "filters": 24, "epochs": 50, "dataset": "digits"}
+    response = client.post(f"/architectures/{arch.id}/train", data)
+    assert response.status_code == 302 and response["Location"] == f"/architectures/{arch.id}"
+    job = TrainingJob.objects.get()
+    assert (job.team, job.owner, job.architecture, job.name) == (personas.alpha, personas.member, arch, "big one")
+    assert (job.recipe["repeats"], job.recipe["filters"], job.recipe["epochs"]) == (4, 24, 50)
+    assert job.genotype == NASNET_A.to_dict() and job.dataset["name"] == "digits"
+    assert "big one" in client.get(f"/architectures/{arch.id}").content.decode()
+
+
+def test_the_train_form_starts_at_the_papers_scale_on_the_searchs_data_set(client, personas, arch):
+    client.force_login(personas.owner)
+    form = client.get(f"/architectures/{arch.id}").context["form"]
+    assert form["repeats"].value() == 6 and form["filters"].value() == 32 and form["dataset"].value() == "digits"
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [({"dataset": "no-such-folder"}, "dataset"), ({"name": ""}, "name"), ({"epochs": 0}, "epochs")],
+)
+def test_a_bad_train_request_names_the_field_and_writes_nothing(client, personas, arch, overrides, field):
+    client.force_login(personas.owner)
+    data = {"name": "x", "repeats": 6, "filters": 32, "epochs": 10, "dataset": "digits", **overrides}
+    response = client.post(f"/architectures/{arch.id}/train", data)
+    assert response.status_code == 400
+    assert field in response.context["form"].errors
+    assert not TrainingJob.objects.exists()

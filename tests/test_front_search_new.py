@@ -1,0 +1,132 @@
+"""The submission form (/searches/new)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from webapp.front.presets import PRESETS, preset_initial
+from webapp.searches.models import Search
+
+URL = "/searches/new"
+
+
+def form_data(team, **overrides) -> dict:
+    data = {**preset_initial("smoke"), "team": team.pk, "name": "my search", "spec_json": ""}
+    data.update(overrides)
+    return data
+
+
+def test_it_redirects_an_anonymous_visitor_to_login(client, personas):
+    assert client.get(URL).status_code == 302
+    assert client.post(URL, {}).status_code == 302
+    assert not Search.objects.exists()
+
+
+def test_the_team_choice_offers_only_the_users_teams(client, personas):
+    client.force_login(personas.member)
+    form = client.get(URL).context["form"]
+    assert list(form.fields["team"].queryset) == [personas.alpha]
+
+
+def test_it_starts_from_the_smoke_preset(client, personas):
+    client.force_login(personas.owner)
+    form = client.get(URL).context["form"]
+    assert form.initial["dataset"] == "digits" and form.initial["preset"] == "smoke"
+
+
+@pytest.mark.parametrize("key", list(PRESETS))
+def test_a_preset_fills_the_form(client, personas, key):
+    client.force_login(personas.owner)
+    response = client.get(URL, {"preset": key})
+    assert response.status_code == 200
+    assert response.context["form"].initial == {**preset_initial(key), "team": personas.alpha.pk}
+
+
+def test_the_paper_preset_is_the_papers_search_capped_by_the_limits(client, personas, settings):
+    settings.NAS_MAX_PARALLEL_PER_SEARCH = 64
+    client.force_login(personas.owner)
+    initial = client.get(URL, {"preset": "paper"}).context["form"].initial
+    assert (initial["dataset"], initial["child_repeats"], initial["child_epochs"]) == ("cifar10", 2, 20)
+    assert (initial["strategy"], initial["children"], initial["parallel"]) == ("ppo", 20000, 64)
+
+
+def test_applying_a_preset_keeps_the_team_and_name_and_writes_nothing(client, personas):
+    client.force_login(personas.owner)
+    data = form_data(personas.alpha, name="kept name", preset="synthetic", apply_preset="1")
+    response = client.post(URL, data)
+    assert response.status_code == 200
+    initial = response.context["form"].initial
+    assert initial["objective"] == "synthetic" and initial["name"] == "kept name"
+    assert not Search.objects.exists()
+
+
+def test_a_member_submits_a_search_and_lands_on_its_page(client, personas):
+    client.force_login(personas.member)
+    response = client.post(URL, form_data(personas.alpha, child_epochs=2, children=5))
+    search = Search.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/searches/{search.id}"
+    assert (search.team, search.owner, search.name) == (personas.alpha, personas.member, "my search")
+    assert search.spec["child"]["epochs"] == 2 and search.spec["budget"]["children"] == 5
+    assert search.spec["strategy"]["settings"]["batch_size"] == 4  # from the preset, not a field
+
+
+def test_the_spec_json_overrides_the_fields(client, personas):
+    client.force_login(personas.owner)
+    spec = {"dataset": "digits", "objective": "synthetic", "strategy": "random", "budget": {"children": 3}}
+    client.post(URL, form_data(personas.alpha, spec_json=json.dumps(spec)))
+    search = Search.objects.get()
+    assert search.spec["strategy"]["name"] == "random" and search.children_total == 3
+
+
+def test_an_outsider_cannot_submit_to_another_team(client, personas):
+    client.force_login(personas.outsider)
+    response = client.post(URL, form_data(personas.alpha))
+    assert response.status_code == 400
+    assert "team" in response.context["form"].errors
+    assert not Search.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"child_epochs": 0}, "child_epochs"),
+        ({"child_repeats": -1}, "child_repeats"),
+        ({"child_filters": 0}, "child_filters"),
+        ({"seed": -5}, "seed"),
+        ({"strategy": "nope"}, "strategy"),
+        ({"name": ""}, "name"),
+        ({"dataset": "../../etc"}, "dataset"),
+        ({"dataset": "no-such-folder"}, "dataset"),
+        ({"children": 10**9}, "children"),
+        ({"parallel": 10**6}, "parallel"),
+        ({"spec_json": "{not json"}, "spec_json"),
+        ({"spec_json": json.dumps({"child": {"epochs": 0}})}, "spec_json"),
+        ({"spec_json": json.dumps({"budget": {"children": -1}})}, "spec_json"),
+    ],
+)
+def test_a_bad_value_is_reported_on_its_field_and_nothing_is_written(client, personas, overrides, field):
+    client.force_login(personas.owner)
+    response = client.post(URL, form_data(personas.alpha, **overrides))
+    assert response.status_code == 400
+    assert field in response.context["form"].errors, response.context["form"].errors
+    assert f'id="{field}-errors"' in response.content.decode()
+    assert not Search.objects.exists()
+
+
+def test_an_error_in_the_spec_json_names_the_path_of_the_bad_field(client, personas):
+    client.force_login(personas.owner)
+    response = client.post(URL, form_data(personas.alpha, spec_json=json.dumps({"child": {"epochs": "many"}})))
+    errors = response.context["form"].errors["spec_json"]
+    assert "spec.child.epochs" in errors[0]
+
+
+def test_the_quota_is_reported_on_the_team_field(client, personas, settings):
+    settings.NAS_MAX_ACTIVE_SEARCHES_PER_TEAM = 1
+    client.force_login(personas.owner)
+    assert client.post(URL, form_data(personas.alpha)).status_code == 302
+    response = client.post(URL, form_data(personas.alpha, name="second"))
+    assert response.status_code == 400
+    assert "quota" in response.context["form"].errors["team"][0]
+    assert Search.objects.count() == 1

@@ -1,0 +1,75 @@
+"""Request shapes for the OpenAPI schema, and the bearer-token scheme it advertises.
+
+These serializers only *describe* request bodies; the views validate through the
+services (which name the offending field) and answer with the models' `to_dict()`.
+"""
+
+from __future__ import annotations
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema_field, inline_serializer
+from rest_framework import serializers
+
+from webapp.searches import models as m
+
+
+class HashedTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "webapp.accounts.auth.HashedTokenAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "A token from `manage.py issuetoken`."}
+
+
+@extend_schema_field(OpenApiTypes.OBJECT)
+class JsonObjectField(serializers.JSONField):
+    pass
+
+
+class SearchCreate(serializers.Serializer):
+    team = serializers.IntegerField(help_text="id of one of your teams")
+    name = serializers.CharField(max_length=200)
+    spec = JsonObjectField(help_text="a search spec (nas_engine.spec): dataset, space, strategy, child, budget...")
+
+
+class TrainingJobCreate(serializers.Serializer):
+    team = serializers.IntegerField(help_text="id of one of your teams")
+    name = serializers.CharField(max_length=200)
+    architecture = serializers.IntegerField(required=False, help_text="train this architecture's genotype...")
+    genotype = JsonObjectField(required=False, help_text="...or this genotype (give one of the two)")
+    dataset = JsonObjectField(help_text="as in a search spec: a name or {name, subset_per_class, ...}")
+    recipe = JsonObjectField(required=False, help_text="nas_engine.trainer.Recipe fields; defaults if omitted")
+
+
+# Responses are the models' to_dict(); the schema describes them as objects.
+ERROR = inline_serializer(
+    "Error", {"field": serializers.CharField(), "error": serializers.CharField()}, help_text="any 4xx answer"
+)
+
+
+def page_of(name: str):
+    return inline_serializer(
+        f"Paginated{name}",
+        {
+            "count": serializers.IntegerField(),
+            "next": serializers.CharField(allow_null=True),
+            "previous": serializers.CharField(allow_null=True),
+            "results": serializers.ListField(child=JsonObjectField()),
+        },
+    )
+
+
+PAGE = OpenApiParameter("page", int, description="page number (50 per page)")
+SEARCH_FILTERS = [
+    PAGE,
+    OpenApiParameter("team", int, description="only this team's searches"),
+    OpenApiParameter("status", str, enum=[s for s, _ in m.SEARCH_STATUSES]),
+]
+ORDERINGS = ("-reward", "reward", "sample_index", "-sample_index")
+ARCHITECTURE_FILTERS = [PAGE, OpenApiParameter("ordering", str, enum=list(ORDERINGS), description="nulls last")]
+TRAINING_JOB_FILTERS = [
+    PAGE,
+    OpenApiParameter("team", int, description="only this team's jobs"),
+    OpenApiParameter("status", str, enum=[s for s, _ in m.RUN_STATUSES]),
+]

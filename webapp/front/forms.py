@@ -1,0 +1,128 @@
+"""Forms of the web pages. They collect input; services validate and write.
+
+`SearchForm.spec_data()` builds a spec (nas_engine/spec.py shape) from the chosen preset
+and the visible fields; a non-empty "advanced: spec JSON" replaces it entirely. A
+`ServiceError` from the service is put back on the field it names (`error_to_field`).
+"""
+
+from __future__ import annotations
+
+import json
+
+from django import forms
+
+from nas_engine.data import BUILTIN
+from nas_engine.spec import OBJECTIVES
+from nas_engine.strategies import STRATEGIES
+from webapp.accounts.models import Team
+from webapp.front.presets import DEFAULT_PRESET, PRESET_CHOICES, SCALE_DEFAULTS, preset_spec
+
+# ServiceError.field -> form field. Anything else lands on the form as a whole.
+SEARCH_ERROR_FIELDS = {
+    "team": "team",
+    "name": "name",
+    "spec.dataset.name": "dataset",
+    "spec.objective.name": "objective",
+    "spec.strategy.name": "strategy",
+    "spec.budget.children": "children",
+    "spec.budget.parallel": "parallel",
+    "spec.child.epochs": "child_epochs",
+    "spec.child.repeats": "child_repeats",
+    "spec.child.filters": "child_filters",
+    "spec.seed": "seed",
+}
+TRAIN_ERROR_FIELDS = {
+    "name": "name",
+    "dataset.name": "dataset",
+    "recipe.repeats": "repeats",
+    "recipe.filters": "filters",
+    "recipe.epochs": "epochs",
+}
+
+
+def error_to_field(form: forms.Form, error, mapping: dict[str, str]) -> None:
+    """Attach a ServiceError to the form field it names, or to the whole form with its path."""
+    field = mapping.get(error.field)
+    form.add_error(field, error.reason if field else f"{error.field}: {error.reason}")
+
+
+class SearchForm(forms.Form):
+    """Numbers are not range-checked here: the spec validator is the one judge, and its
+    errors come back on these fields (SEARCH_ERROR_FIELDS)."""
+
+    team = forms.ModelChoiceField(queryset=Team.objects.none(), empty_label=None)
+    name = forms.CharField(max_length=200)
+    preset = forms.ChoiceField(
+        choices=PRESET_CHOICES,
+        initial=DEFAULT_PRESET,
+        help_text="fills the fields below; what they do not show (strategy settings, the child's "
+        "learning rate, objective noise) comes from the preset",
+    )
+    dataset = forms.CharField(max_length=200, help_text=f"{', '.join(BUILTIN)}, or an image folder under the data root")
+    objective = forms.ChoiceField(choices=[(o, o) for o in OBJECTIVES])
+    strategy = forms.ChoiceField(choices=[(s, s) for s in STRATEGIES])
+    children = forms.IntegerField(label="Children (budget)")
+    parallel = forms.IntegerField(label="Parallel children")
+    child_epochs = forms.IntegerField(label="Child epochs")
+    child_repeats = forms.IntegerField(label="Child N (cells per stack)")
+    child_filters = forms.IntegerField(label="Child F (filters)")
+    seed = forms.IntegerField()
+    spec_json = forms.CharField(
+        required=False,
+        label="Advanced: spec JSON",
+        widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false"}),
+        help_text="if given, this whole spec is submitted and the spec fields are ignored; "
+        "the placeholder shows the preset in full",
+    )
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["team"].queryset = Team.objects.for_user(user)
+
+    def clean_spec_json(self) -> object:
+        text = self.cleaned_data["spec_json"].strip()
+        if not text:
+            return None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise forms.ValidationError(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+
+    @property
+    def uses_json(self) -> bool:
+        return self.cleaned_data.get("spec_json") is not None
+
+    def spec_data(self) -> object:
+        if self.uses_json:
+            return self.cleaned_data["spec_json"]
+        d = self.cleaned_data
+        spec = preset_spec(d["preset"])
+        if spec["dataset"]["name"] != d["dataset"]:
+            spec["dataset"] = {"name": d["dataset"]}
+        if spec["objective"]["name"] != d["objective"]:
+            spec["objective"] = {"name": d["objective"]}
+        if spec["strategy"]["name"] != d["strategy"]:
+            spec["strategy"] = {"name": d["strategy"], "settings": {}}
+        spec["budget"] = {"children": d["children"], "parallel": d["parallel"]}
+        spec["child"].update(epochs=d["child_epochs"], repeats=d["child_repeats"], filters=d["child_filters"])
+        spec["seed"] = d["seed"]
+        return spec
+
+    def add_service_error(self, error) -> None:
+        if self.uses_json and error.field.startswith("spec"):
+            self.add_error("spec_json", f"{error.field}: {error.reason}")
+        else:
+            error_to_field(self, error, SEARCH_ERROR_FIELDS)
+
+
+class TrainForm(forms.Form):
+    """Train an architecture at scale: a TrainingJob at a larger N/F on a chosen data set."""
+
+    name = forms.CharField(max_length=200)
+    repeats = forms.IntegerField(min_value=1, max_value=20, initial=SCALE_DEFAULTS["repeats"], label="N")
+    filters = forms.IntegerField(min_value=1, max_value=4096, initial=SCALE_DEFAULTS["filters"], label="F")
+    epochs = forms.IntegerField(min_value=1, max_value=5000, initial=SCALE_DEFAULTS["epochs"])
+    dataset = forms.CharField(max_length=200)
+
+    def add_service_error(self, error) -> None:
+        error_to_field(self, error, TRAIN_ERROR_FIELDS)
