@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 
-from celery import current_app
 from django.conf import settings
 from django.db import transaction
 
@@ -39,8 +38,21 @@ def limits() -> Limits:
 
 
 def queue_task(name: str, *args) -> None:
-    """Send a task by name once the current transaction commits (or now, outside one)."""
-    transaction.on_commit(lambda: current_app.send_task(name, args=list(args)))
+    """Send a task by name once the current transaction commits (or now, outside one).
+
+    Only the configured Celery *app* is imported (broker URL, JSON serialisation, queue
+    routes from settings), never the task code: the web process sends by name. A bare
+    `celery.current_app` would be Celery's default app, talking to a default broker.
+    """
+    from workers.celery import app
+
+    def send() -> None:
+        try:
+            app.send_task(name, args=list(args))
+        except Exception:  # noqa: BLE001 - the row is committed; the reaper re-kicks it
+            log.exception("could not queue %s%s now; the periodic reaper will pick it up", name, args)
+
+    transaction.on_commit(send)
 
 
 def check_member(user, team: Team) -> None:

@@ -1,0 +1,252 @@
+"""The search loop across processes, end to end: real PostgreSQL, real Redis, real
+`celery worker` subprocesses (a controller-queue worker and a gpu-queue worker).
+
+Tests are transactional (`transaction=True`) so the workers see committed rows. The
+workers get the test database through DATABASE_URL and a broker of their own (a Redis
+database picked by the test database's name), which is flushed before every test. The reaper runs as the beat would:
+the tests call it directly where a worker or a message was lost.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+
+import pytest
+import torch
+
+from tests.celery_worker import WorkerSet, flush_redis, use_broker, worker_env
+
+LEASE_SECONDS = 4
+SYNTHETIC = {"name": "synthetic", "noise": 0.0, "duration_s": 0.0, "failure_rate": 0.0}
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def redis_url(database_name: str) -> str:
+    """A Redis database of this test run's own (10..15, by test database name), so two
+    test runs on two test databases never consume each other's tasks."""
+    default = f"redis://127.0.0.1:6379/{10 + zlib.crc32(database_name.encode()) % 6}"
+    return os.environ.get("NAS_TEST_REDIS_URL", default)
+
+
+class Stack:
+    """The running workers; a test that kills one starts a replacement."""
+
+    def __init__(self, workers: WorkerSet):
+        self.workers = workers
+        controller = workers.start("controller", wait=False)
+        gpu = workers.start("gpu", wait=False)
+        self.controller, self.gpu = controller.wait_ready(), gpu.wait_ready()
+
+    def restart(self, which: str) -> None:
+        setattr(self, which, self.workers.start(which))
+
+
+@pytest.fixture(scope="module")
+def stack(django_db_setup, django_db_blocker):
+    from django.db import connection
+
+    name = connection.settings_dict["NAME"]
+    url = redis_url(name)
+    use_broker(url)
+    flush_redis(url)
+    env = worker_env(name, url, NAS_LEASE_SECONDS=LEASE_SECONDS)
+    with WorkerSet(env) as workers:
+        stack = Stack(workers)
+        stack.redis_url = url
+        yield stack
+
+
+@pytest.fixture
+def owner(stack, settings):
+    from django.contrib.auth.models import User
+
+    from webapp.accounts.models import ROLE_OWNER, Membership, Team
+    from workers import orchestrator
+
+    settings.NAS_LEASE_SECONDS = LEASE_SECONDS
+    flush_redis(stack.redis_url)
+    orchestrator.ensure_routes()
+    team = Team.objects.create(name="alpha")
+    user = User.objects.create_user("owner", password="pw-owner-123")
+    Membership.objects.create(user=user, team=team, role=ROLE_OWNER)
+    return user, team
+
+
+def submit(owner, **spec):
+    from webapp.searches.services import submit_search
+
+    user, team = owner
+    base = {"dataset": "digits", "objective": dict(SYNTHETIC), "strategy": "random", "seed": 0}
+    return submit_search(user=user, team=team, name="s", spec_data={**base, **spec})
+
+
+def wait_for(stack, search, done, timeout=60.0, reap_every=None):
+    """Poll until `done(search)` holds; run the reaper every `reap_every` seconds if set."""
+    from workers import orchestrator
+
+    deadline, last_reap = time.monotonic() + timeout, time.monotonic()
+    while time.monotonic() < deadline:
+        search.refresh_from_db()
+        if done(search):
+            return search
+        if reap_every and time.monotonic() - last_reap >= reap_every:
+            orchestrator.reap()
+            last_reap = time.monotonic()
+        time.sleep(0.1)
+    raise AssertionError(f"timed out: {search.to_dict()}\n{stack.workers.logs()}")
+
+
+def finished(search):
+    return search.is_done
+
+
+def runs_of(search, *statuses):
+    from webapp.searches.models import ChildRun
+
+    runs = ChildRun.objects.filter(architecture__search=search)
+    return runs.filter(status__in=statuses) if statuses else runs
+
+
+def assert_complete(search, stack=None):
+    """Finished; one run and one told result per architecture; counters add up."""
+    from webapp.searches import models as m
+
+    assert search.status == m.FINISHED, (search.to_dict(), stack and stack.workers.logs())
+    archs = list(m.Architecture.objects.filter(search=search).order_by("sample_index"))
+    assert [a.sample_index for a in archs] == list(range(search.children_total))
+    assert search.children_sampled == search.children_done == search.children_total
+    assert all(a.told for a in archs)
+    runs = {r.architecture_id: r for r in runs_of(search)}
+    assert len(runs) == len(archs)
+    statuses = [runs[a.id].status for a in archs]
+    assert statuses.count(m.RUN_FAILED) == search.children_failed
+    assert statuses.count(m.RUN_REUSED) == search.children_reused
+    assert statuses.count(m.RUN_SUCCEEDED) + search.children_failed + search.children_reused == search.children_total
+    for arch in archs:
+        run = runs[arch.id]
+        if run.status == m.RUN_FAILED:
+            assert arch.reward is None and run.error
+        else:
+            assert arch.reward is not None and arch.reward == run.reward
+    rewards = [a.reward for a in archs if a.reward is not None]
+    assert search.best_reward == max(rewards)
+    assert search.checkpoint and search.finished_at and search.started_at
+
+
+def checkpoint_of(search):
+    from workers.orchestrator import load_strategy
+
+    return load_strategy(search)
+
+
+def test_a_small_real_search_completes_through_the_broker(stack, owner):
+    spec = {"objective": "accuracy", "strategy": "ppo", "budget": {"children": 3, "parallel": 2}}
+    search = submit(owner, child={"repeats": 1, "filters": 4, "epochs": 1}, **spec)
+    search = wait_for(stack, search, finished, timeout=120)
+    assert_complete(search, stack)
+    for run in runs_of(search):
+        assert run.reward is not None and 0 <= run.reward <= 1
+        assert run.attempt == 1 and run.worker and run.wall_time > 0
+        assert [e["epoch"] for e in run.epochs] == [1]
+        assert run.architecture.params > 0 and run.architecture.mult_adds > 0
+
+
+def test_a_synthetic_search_of_300_children_completes(stack, owner):
+    search = submit(owner, strategy="ppo", budget={"children": 300, "parallel": 8})
+    search = wait_for(stack, search, finished, timeout=120)
+    assert_complete(search, stack)
+    assert search.children_done == 300
+    strategy = checkpoint_of(search)
+    assert strategy.pending() == [] and strategy.state_dict()["next_id"] == 300
+
+
+def test_pause_stops_dispatching_and_resume_continues(stack, owner):
+    from webapp.searches import models as m
+    from webapp.searches.services import transition
+
+    search = submit(owner, objective={**SYNTHETIC, "duration_s": 0.2}, budget={"children": 30, "parallel": 2})
+    wait_for(stack, search, lambda s: s.children_done >= 3)
+    transition(search, "pause")
+    search = wait_for(stack, search, lambda s: not runs_of(s, *m.RUN_ACTIVE).exists())
+    sampled = search.children_sampled
+    time.sleep(1.0)
+    search.refresh_from_db()
+    assert search.status == m.PAUSED and search.children_sampled == sampled < 30
+    transition(search, "resume")
+    search = wait_for(stack, search, finished)
+    assert_complete(search, stack)
+
+
+def test_cancel_leaves_no_active_runs(stack, owner):
+    from webapp.searches import models as m
+    from webapp.searches.services import transition
+
+    search = submit(owner, objective={**SYNTHETIC, "duration_s": 0.3}, budget={"children": 30, "parallel": 2})
+    wait_for(stack, search, lambda s: runs_of(s, m.RUN_RUNNING).exists() and s.children_done >= 1)
+    transition(search, "cancel")
+    search = wait_for(stack, search, finished)
+    assert search.status == m.CANCELLED and search.finished_at
+    time.sleep(1.0)  # the child in flight ends; its result must not be written
+    assert not runs_of(search, *m.RUN_ACTIVE).exists()
+    assert runs_of(search, m.RUN_CANCELLED).exists()
+    assert search.children_sampled < 30
+
+
+def test_a_killed_gpu_worker_loses_nothing(stack, owner):
+    from webapp.searches import models as m
+
+    search = submit(owner, objective={**SYNTHETIC, "duration_s": 1.5}, budget={"children": 4, "parallel": 2})
+    wait_for(stack, search, lambda s: runs_of(s, m.RUN_RUNNING).exists())
+    victim = runs_of(search, m.RUN_RUNNING).get()
+    time.sleep(0.3)
+    stack.gpu.kill()
+    stack.restart("gpu")
+    search = wait_for(stack, search, finished, timeout=90, reap_every=1.0)
+    assert_complete(search, stack)
+    victim.refresh_from_db()
+    assert victim.status == m.RUN_SUCCEEDED and victim.attempt == 2
+
+
+def test_an_emptied_redis_loses_nothing(stack, owner):
+    search = submit(owner, objective={**SYNTHETIC, "duration_s": 0.05}, budget={"children": 60, "parallel": 4})
+    wait_for(stack, search, lambda s: s.children_done >= 10)
+    flush_redis(stack.redis_url)
+    search = wait_for(stack, search, finished, timeout=90, reap_every=1.0)
+    assert_complete(search, stack)
+
+
+def test_a_restart_continues_from_the_checkpoint(stack, owner):
+    from webapp.searches import models as m
+    from workers import orchestrator
+
+    settings = {"batch_size": 5}
+    search = submit(
+        owner,
+        strategy={"name": "ppo", "settings": settings},
+        objective={**SYNTHETIC, "duration_s": 0.05},
+        budget={"children": 60, "parallel": 4},
+    )
+    wait_for(stack, search, lambda s: s.children_done >= 15)
+    stack.controller.stop()
+    stack.gpu.stop()
+    search.refresh_from_db()
+    assert search.status == m.RUNNING and search.children_done < 60
+    strategy = checkpoint_of(search)
+    told = m.Architecture.objects.filter(search=search, told=True).count()
+    assert strategy.state_dict()["next_id"] == search.children_sampled
+    assert len(strategy.pending()) == search.children_sampled - told
+    fresh = orchestrator.search_spec(search).make_strategy()
+    trained = strategy.state_dict()["controller"]
+    initial = fresh.state_dict()["controller"]
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial)
+    sampled = search.children_sampled
+    stack.restart("controller")
+    stack.restart("gpu")
+    orchestrator.send(orchestrator.TASK_ADVANCE, search.id)
+    search = wait_for(stack, search, finished, timeout=90, reap_every=1.0)
+    assert_complete(search, stack)
+    first_new = m.Architecture.objects.filter(search=search, sample_index=sampled).get()
+    assert first_new.created_at > m.Architecture.objects.get(search=search, sample_index=sampled - 1).created_at

@@ -1,0 +1,129 @@
+"""The orchestration's pieces in-process, without a broker: the reaper's lease handling,
+the claim, checkpoint bytes, and a training job writing its bundle. (Tasks queued on
+commit are never sent here: these tests run inside a transaction that is rolled back.)
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from nas_engine.space import SearchSpace
+from nas_engine.strategies import make_strategy
+
+SPEC = {"dataset": "digits", "objective": "synthetic", "strategy": "ppo", "budget": {"children": 4, "parallel": 2}}
+
+
+@pytest.fixture(autouse=True)
+def broker(django_db_setup, django_db_blocker):
+    """The broker of this test run (see test_orchestration.redis_url), not the default."""
+    from django.db import connection
+
+    from tests.celery_worker import use_broker
+    from tests.test_orchestration import redis_url
+
+    use_broker(redis_url(connection.settings_dict["NAME"]))
+
+
+@pytest.fixture
+def search(db):
+    from django.contrib.auth.models import User
+
+    from webapp.accounts.models import ROLE_OWNER, Membership, Team
+    from webapp.searches.services import submit_search
+
+    team = Team.objects.create(name="alpha")
+    user = User.objects.create_user("owner", password="pw-owner-123")
+    Membership.objects.create(user=user, team=team, role=ROLE_OWNER)
+    return submit_search(user=user, team=team, name="s", spec_data=SPEC)
+
+
+def test_the_first_advance_samples_parallel_children_and_checkpoints(search):
+    from webapp.searches import models as m
+    from workers import orchestrator
+
+    orchestrator.advance(search.id)
+    search.refresh_from_db()
+    assert search.status == m.RUNNING and search.children_sampled == 2
+    assert m.ChildRun.objects.filter(architecture__search=search, status=m.RUN_QUEUED).count() == 2
+    strategy = orchestrator.load_strategy(search)
+    assert [p.id for p in strategy.pending()] == [0, 1]
+
+
+def test_a_claimed_run_is_not_claimed_twice_and_its_result_is_told(search):
+    from webapp.searches import models as m
+    from workers import child, orchestrator
+
+    orchestrator.advance(search.id)
+    run = m.ChildRun.objects.filter(architecture__search=search).order_by("id").first()
+    claimed = child.claim(run.id)
+    assert claimed is not None and claimed.attempt == 1
+    assert child.claim(run.id) is None
+    assert child.finish(claimed, m.RUN_SUCCEEDED, reward=0.5, wall_time=0.1)
+    assert not child.finish(claimed, m.RUN_SUCCEEDED, reward=0.9, wall_time=0.1)  # written once
+    orchestrator.advance(search.id)
+    search.refresh_from_db()
+    arch = run.architecture
+    arch.refresh_from_db()
+    assert arch.told and arch.reward == 0.5
+    assert search.children_done == 1 and search.best_reward == 0.5 and search.children_sampled == 3
+
+
+def test_the_reaper_requeues_expired_leases_then_fails_them(search, settings):
+    from webapp.searches import models as m
+    from workers import child, orchestrator
+
+    settings.NAS_MAX_ATTEMPTS = 2
+    orchestrator.advance(search.id)
+    run = m.ChildRun.objects.filter(architecture__search=search).order_by("id").first()
+    for attempt in (1, 2):
+        assert child.claim(run.id).attempt == attempt
+        m.ChildRun.objects.filter(pk=run.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+        report = orchestrator.reap()
+    run.refresh_from_db()
+    assert run.status == m.RUN_FAILED and run.error == "lease expired after 2 attempts"
+    assert report["failed"] == [run.id]
+
+
+def test_checkpoint_bytes_round_trip(search):
+    from workers import orchestrator
+
+    spec = orchestrator.search_spec(search)
+    strategy = spec.make_strategy()
+    strategy.ask(3)
+    restored = orchestrator.strategy_from_bytes(orchestrator.strategy_to_bytes(strategy), spec)
+    assert [p.id for p in restored.pending()] == [0, 1, 2]
+    assert [p.genotype for p in restored.ask(2)] == [p.genotype for p in strategy.ask(2)]
+
+
+def test_a_training_job_writes_its_bundle(db, settings, tmp_path):
+    from django.contrib.auth.models import User
+
+    from webapp.accounts.models import ROLE_OWNER, Membership, Team
+    from webapp.searches import models as m
+    from webapp.searches.services import create_training_job
+    from workers import child
+
+    settings.NAS_ARTIFACTS_ROOT = tmp_path
+    team = Team.objects.create(name="alpha")
+    user = User.objects.create_user("owner", password="pw-owner-123")
+    Membership.objects.create(user=user, team=team, role=ROLE_OWNER)
+    genotype = make_strategy("random", SearchSpace(), seed=0).ask(1)[0].genotype.to_dict()
+    job = create_training_job(
+        user=user,
+        team=team,
+        name="final",
+        genotype=genotype,
+        dataset={"name": "digits"},
+        recipe={"repeats": 1, "filters": 4, "epochs": 1},
+    )
+    child.run_training_job(job.id)
+    job.refresh_from_db()
+    assert job.status == m.RUN_SUCCEEDED, job.error
+    assert job.bundle_path == f"jobs/{job.id}" and job.reward is not None and job.params > 0
+    bundle = tmp_path / job.bundle_path
+    assert {p.name for p in bundle.iterdir()} >= {"genotype.json", "recipe.json", "metrics.json", "weights.pt"}
+    assert json.loads((bundle / "genotype.json").read_text()) == genotype
