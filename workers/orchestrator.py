@@ -29,12 +29,10 @@ the strategy it committed in memory to skip deserialising the checkpoint.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from datetime import timedelta
 
-import torch
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, Subquery
@@ -42,8 +40,8 @@ from django.utils import timezone
 
 from nas_engine.genotype import Genotype
 from nas_engine.spec import Limits, SearchSpec, validate_spec
-from nas_engine.strategies import Strategy, StrategyError, restore_into
-from nas_engine.strategies.base import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+from nas_engine.strategies import Strategy, restore_into
+from nas_engine.strategies.base import checkpoint_bytes, parse_checkpoint
 from webapp.searches import models as m
 from workers.celery import app
 
@@ -132,32 +130,13 @@ def _clear_request(search_id: int) -> None:
         log.warning("could not clear the advance flag of search %s", search_id, exc_info=True)
 
 
-# -- strategy checkpoints as bytes (the payload of nas_engine.strategies.save_checkpoint) -----
+# -- strategy checkpoints as bytes (nas_engine.strategies.base.checkpoint_bytes) ------------
 def strategy_to_bytes(strategy: Strategy) -> bytes:
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "strategy": strategy.name,
-        "settings": dict(strategy.settings),
-        "seed": strategy.seed,
-        "space": strategy.space.to_dict(),
-        "state": strategy.state_dict(),
-        "loop": None,
-    }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getvalue()
+    return checkpoint_bytes(strategy)
 
 
 def strategy_from_bytes(data: bytes, spec: SearchSpec) -> Strategy:
-    try:
-        payload = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises several types for bad bytes
-        raise StrategyError("checkpoint", f"unreadable or not a checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise StrategyError("checkpoint", "not a strategy checkpoint")
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise StrategyError("checkpoint.version", f"format version {payload.get('version')!r}")
+    payload = parse_checkpoint(data, "search checkpoint")
     strategy = spec.make_strategy()
     restore_into(strategy, payload)
     return strategy

@@ -19,14 +19,20 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from nas_engine.commands.train import add_data_arguments, add_recipe_arguments, data_from_args, resolve_device
+from nas_engine.commands.train import (
+    add_data_arguments,
+    add_recipe_arguments,
+    data_from_args,
+    recipe_from_args,
+    resolve_device,
+)
 from nas_engine.genotype import Genotype
 from nas_engine.search import ChildResult, run_search
 from nas_engine.space import OPS, SearchSpace
 from nas_engine.spec import DEFAULT_CHILD
 from nas_engine.strategies import STRATEGIES, StrategyError, make_strategy, read_checkpoint
 from nas_engine.synthetic import SyntheticObjective
-from nas_engine.trainer import Recipe, train_child
+from nas_engine.trainer import train_child
 
 # The same small search-time child as a spec's default (N = 1, F = 8, 3 epochs).
 SEARCH_CHILD_DEFAULTS = DEFAULT_CHILD
@@ -130,24 +136,8 @@ def make_evaluate(args: argparse.Namespace, space: SearchSpace):
         except ValueError as exc:
             raise StrategyError("objective", str(exc)) from None
         return objective, f"synthetic objective (optimum {objective.optimum()[1]:.4f})"
-    recipe = Recipe(
-        macro=args.macro,
-        repeats=args.repeats or SEARCH_CHILD_DEFAULTS["repeats"],
-        filters=args.filters or SEARCH_CHILD_DEFAULTS["filters"],
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        cosine=not args.no_cosine,
-        label_smoothing=args.label_smoothing,
-        drop_path_keep=args.drop_path_keep,
-        aux_weight=args.aux_weight,
-        grad_clip=args.grad_clip,
-        augment=not args.no_augment,
-        cutout=args.cutout,
-        seed=args.seed,
-    )
+    repeats = args.repeats or SEARCH_CHILD_DEFAULTS["repeats"]
+    recipe = recipe_from_args(args, repeats, args.filters or SEARCH_CHILD_DEFAULTS["filters"], stem_multiplier=3.0)
     device = resolve_device(args.device)
     data = data_from_args(args, progress=not args.no_progress and not args.json)
     # Children share the process's RNG and cores, so they train one at a time even when

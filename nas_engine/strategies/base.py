@@ -31,6 +31,7 @@ plain Python data; a foreign, truncated or corrupted file raises `StrategyError`
 from __future__ import annotations
 
 import copy
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -252,8 +253,11 @@ class Strategy:
 
 
 # -- checkpoints ----------------------------------------------------------------------------
-def save_checkpoint(strategy: Strategy, path: str | os.PathLike, *, loop: dict | None = None) -> None:
-    """Write the strategy (and optionally the search loop's own state) atomically to `path`."""
+def checkpoint_bytes(strategy: Strategy, *, loop: dict | None = None) -> bytes:
+    """The strategy's complete checkpoint (and optionally the search loop's state) as bytes.
+
+    Files (`save_checkpoint`) and the service's database column hold exactly these bytes.
+    """
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -264,11 +268,38 @@ def save_checkpoint(strategy: Strategy, path: str | os.PathLike, *, loop: dict |
         "state": strategy.state_dict(),
         "loop": loop,
     }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def parse_checkpoint(data: bytes, where: str = "checkpoint") -> dict:
+    """The payload of checkpoint bytes, its envelope checked (`where` names the source)."""
+    try:
+        payload = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign data
+        raise StrategyError("checkpoint", f"{where}: unreadable, truncated or not a checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise StrategyError("checkpoint", f"{where}: not a strategy checkpoint")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise StrategyError(
+            "checkpoint.version",
+            f"{where}: format version {payload.get('version')!r}, this code reads {CHECKPOINT_VERSION}",
+        )
+    for key in ("strategy", "settings", "seed", "space", "state"):
+        if key not in payload:
+            raise StrategyError(f"checkpoint.{key}", f"{where}: missing")
+    return payload
+
+
+def save_checkpoint(strategy: Strategy, path: str | os.PathLike, *, loop: dict | None = None) -> None:
+    """Write the strategy (and optionally the search loop's own state) atomically to `path`."""
+    data = checkpoint_bytes(strategy, loop=loop)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(payload, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -281,22 +312,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     """The checkpoint's payload, its envelope checked. Never writes anything."""
     path = Path(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise StrategyError("checkpoint", f"{path}: no such file") from None
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise StrategyError("checkpoint", f"{path}: unreadable, truncated or not a checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise StrategyError("checkpoint", f"{path}: not a strategy checkpoint")
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise StrategyError(
-            "checkpoint.version",
-            f"{path}: format version {payload.get('version')!r}, this code reads {CHECKPOINT_VERSION}",
-        )
-    for key in ("strategy", "settings", "seed", "space", "state"):
-        if key not in payload:
-            raise StrategyError(f"checkpoint.{key}", f"{path}: missing")
-    return payload
+    except OSError as exc:
+        raise StrategyError("checkpoint", f"{path}: cannot read ({exc.strerror})") from None
+    return parse_checkpoint(data, str(path))
 
 
 def _check_space(payload: dict, space: SearchSpace) -> None:
