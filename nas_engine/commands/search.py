@@ -246,7 +246,8 @@ def run_search_command(args: argparse.Namespace) -> int:
         return 1
     print(
         f"{summary.children} children ({summary.reused} reused, {summary.failed} failed) in {summary.duration:.1f}s: "
-        f"best reward {summary.best_reward:.4f}, mean of the last 100 {summary.mean_reward_last_100:.4f}"
+        f"best reward {summary.best_reward:.4f}, "
+        f"mean of the last {min(100, len(summary.history))} {summary.mean_reward_last_100:.4f}"
     )
     print(f"best genotype {result['best_hash'][:12]}: {summary.best_genotype.to_json()}")
     if args.output is not None:
