@@ -22,14 +22,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from nas_engine.errors import FieldError
 
-class AugmentError(ValueError):
+
+class AugmentError(FieldError):
     """An augmentation argument is invalid. `field` names it."""
-
-    def __init__(self, field: str, reason: str):
-        self.field = field
-        self.reason = reason
-        super().__init__(f"{field}: {reason}")
 
 
 def normalize(

@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from nas_engine.errors import FieldError
+
 BUILTIN = ("digits", "cifar10")
 
 # The paper's protocol: 5,000 of CIFAR-10's 50,000 training images validate the children.
@@ -59,16 +61,8 @@ _DOWNLOAD_SOCKET_TIMEOUT_S = 30.0
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-class DataError(ValueError):
+class DataError(FieldError):
     """A data set cannot be loaded as asked. `field` names the offending option."""
-
-    def __init__(self, field: str, reason: str):
-        self.field = field
-        self.reason = reason
-        super().__init__(f"{field}: {reason}")
-
-    def __reduce__(self):  # raised inside pool workers, so it must survive pickling
-        return (type(self), (self.field, self.reason))
 
 
 @dataclass

@@ -25,6 +25,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from nas_engine.errors import FieldError
 from nas_engine.space import CELL_TYPES, COMBINES, NUM_CELL_INPUTS, OPS, SearchSpace
 
 # Above this many candidate block orders the canonical form gives up on exactness for
@@ -32,13 +33,8 @@ from nas_engine.space import CELL_TYPES, COMBINES, NUM_CELL_INPUTS, OPS, SearchS
 _MAX_CANONICAL_CANDIDATES = 5040
 
 
-class GenotypeError(ValueError):
+class GenotypeError(FieldError):
     """A genotype is malformed. `field` is the path of the offending value."""
-
-    def __init__(self, field: str, reason: str):
-        self.field = field
-        self.reason = reason
-        super().__init__(f"{field}: {reason}" if field else reason)
 
 
 @dataclass(frozen=True)

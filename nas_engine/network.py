@@ -22,16 +22,15 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from nas_engine.errors import FieldError
 from nas_engine.genotype import Cell, Genotype
 from nas_engine.ops import FactorizedReduction, Identity, ReLUConvBN, bn, make_op
 
 MACRO_KINDS = ("cifar", "imagenet")
 
 
-class NetworkError(ValueError):
-    def __init__(self, field: str, reason: str):
-        self.field, self.reason = field, reason
-        super().__init__(f"{field}: {reason}")
+class NetworkError(FieldError):
+    """A macro-architecture setting is invalid."""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nas_engine.data import BUILTIN, DataError, resolve_under_root
+from nas_engine.errors import FieldError
 from nas_engine.space import SearchSpace, SpaceError
 from nas_engine.strategies import StrategyError, make_strategy
 from nas_engine.trainer import Recipe, RecipeError
@@ -33,10 +34,8 @@ OBJECTIVES = ("accuracy", "synthetic")
 DEFAULT_CHILD = {"repeats": 1, "filters": 8, "epochs": 3, "lr": 0.1, "batch_size": 64}
 
 
-class SpecError(ValueError):
-    def __init__(self, field: str, reason: str):
-        self.field, self.reason = field, reason
-        super().__init__(f"{field}: {reason}")
+class SpecError(FieldError):
+    """A search spec is invalid; `field` is the dotted path inside the spec."""
 
 
 @dataclass(frozen=True)

@@ -27,14 +27,13 @@ from torch import nn
 from nas_engine.augment import augment_batch, cutout, normalize
 from nas_engine.counting import count_params, describe
 from nas_engine.data import DatasetSplit
+from nas_engine.errors import FieldError
 from nas_engine.genotype import Genotype
 from nas_engine.network import MacroConfig, NASNetwork
 
 
-class RecipeError(ValueError):
-    def __init__(self, field: str, reason: str):
-        self.field, self.reason = field, reason
-        super().__init__(f"{field}: {reason}")
+class RecipeError(FieldError):
+    """A training-recipe field is invalid."""
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from nas_engine.errors import FieldError
 from nas_engine.genotype import Genotype
 from nas_engine.space import SearchSpace
 
@@ -47,13 +48,8 @@ CHECKPOINT_FORMAT = "nas_engine.strategy_checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-class StrategyError(ValueError):
+class StrategyError(FieldError):
     """A strategy name, setting, state or checkpoint is invalid; `field` says which."""
-
-    def __init__(self, field: str, reason: str):
-        self.field = field
-        self.reason = reason
-        super().__init__(f"{field}: {reason}" if field else reason)
 
 
 @dataclass

@@ -43,13 +43,21 @@ RUN_ACTIVE = (RUN_QUEUED, RUN_RUNNING)
 RUN_DONE = (RUN_SUCCEEDED, RUN_FAILED, RUN_REUSED, RUN_CANCELLED)
 
 
-class SearchQuerySet(models.QuerySet):
-    def for_user(self, user) -> SearchQuerySet:
+class TeamScopedQuerySet(models.QuerySet):
+    """Rows a user may see: those of their teams (staff: all; anonymous: none)."""
+
+    team_path = "team"  # lookup from the model to its owning Team
+
+    def for_user(self, user):
         if not user.is_authenticated:
             return self.none()
         if user.is_staff:
             return self.all()
-        return self.filter(team__memberships__user=user)
+        return self.filter(**{f"{self.team_path}__memberships__user": user})
+
+
+def _iso(moment) -> str | None:
+    return moment.isoformat() if moment else None
 
 
 class Search(models.Model):
@@ -77,7 +85,7 @@ class Search(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
-    objects = SearchQuerySet.as_manager()
+    objects = TeamScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
@@ -106,19 +114,14 @@ class Search(models.Model):
             "best_reward": self.best_reward,
             "best_architecture": self.best_architecture_id,
             "error": self.error,
-            "created_at": self.created_at.isoformat() if self.created_at else None,
-            "started_at": self.started_at.isoformat() if self.started_at else None,
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
         }
 
 
-class ArchitectureQuerySet(models.QuerySet):
-    def for_user(self, user) -> ArchitectureQuerySet:
-        if not user.is_authenticated:
-            return self.none()
-        if user.is_staff:
-            return self.all()
-        return self.filter(search__team__memberships__user=user)
+class ArchitectureQuerySet(TeamScopedQuerySet):
+    team_path = "search__team"
 
 
 class Architecture(models.Model):
@@ -155,7 +158,7 @@ class Architecture(models.Model):
             "params": self.params,
             "mult_adds": self.mult_adds,
             "reward": self.reward,
-            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "created_at": _iso(self.created_at),
         }
 
 
@@ -201,18 +204,9 @@ class ChildRun(models.Model):
             "reward": self.reward,
             "wall_time": self.wall_time,
             "error": self.error,
-            "started_at": self.started_at.isoformat() if self.started_at else None,
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
         }
-
-
-class TrainingJobQuerySet(models.QuerySet):
-    def for_user(self, user) -> TrainingJobQuerySet:
-        if not user.is_authenticated:
-            return self.none()
-        if user.is_staff:
-            return self.all()
-        return self.filter(team__memberships__user=user)
 
 
 class TrainingJob(models.Model):
@@ -246,7 +240,7 @@ class TrainingJob(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
-    objects = TrainingJobQuerySet.as_manager()
+    objects = TeamScopedQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
@@ -273,6 +267,6 @@ class TrainingJob(models.Model):
             "wall_time": self.wall_time,
             "has_bundle": bool(self.bundle_path),
             "error": self.error,
-            "created_at": self.created_at.isoformat() if self.created_at else None,
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "created_at": _iso(self.created_at),
+            "finished_at": _iso(self.finished_at),
         }
