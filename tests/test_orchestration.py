@@ -152,6 +152,15 @@ def test_a_small_real_search_completes_through_the_broker(stack, owner):
         assert run.attempt == 1 and run.worker and run.wall_time > 0
         assert [e["epoch"] for e in run.epochs] == [1]
         assert run.architecture.params > 0 and run.architecture.mult_adds > 0
+    # live events (webapp.live), written by the controller and the gpu worker: dense seqs
+    from webapp.live.models import SearchEvent
+
+    events = list(SearchEvent.objects.filter(search=search).order_by("seq"))
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e.type for e in events].count("architecture.sampled") == 3
+    assert [e.type for e in events].count("child.finished") == 3
+    assert [e.payload["epoch"] for e in events if e.type == "child.progress"] == [1, 1, 1]
+    assert events[-1].type == "search.status" and events[-1].payload["status"] == "finished"
 
 
 def test_a_synthetic_search_of_300_children_completes(stack, owner):

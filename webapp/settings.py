@@ -27,6 +27,7 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
+    "daphne",  # first: its runserver serves the ASGI application (websockets included)
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -39,6 +40,8 @@ INSTALLED_APPS = [
     "webapp.searches",
     "webapp.api",
     "webapp.front",
+    "channels",
+    "webapp.live",
 ]
 
 MIDDLEWARE = [
@@ -53,6 +56,7 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "webapp.urls"
 WSGI_APPLICATION = "webapp.wsgi.application"
+ASGI_APPLICATION = "webapp.asgi.application"
 
 TEMPLATES = [
     {
@@ -136,6 +140,21 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBIL
 CELERY_BEAT_SCHEDULE = {
     "reap": {"task": "workers.tasks.reap", "schedule": NAS_REAPER_INTERVAL_SECONDS},
 }
+
+# Live events (webapp.live): Redis in every real deployment; NAS_CHANNEL_LAYER=memory gives an
+# in-process layer (one process only: events published by workers do not reach it).
+NAS_CHANNEL_LAYER = env_str("NAS_CHANNEL_LAYER", "redis")
+if NAS_CHANNEL_LAYER not in ("redis", "memory"):
+    raise ImproperlyConfigured("NAS_CHANNEL_LAYER: 'redis' or 'memory'")
+if NAS_CHANNEL_LAYER == "memory":
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 60, "prefix": "nasnet-live"},
+        }
+    }
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -28,6 +28,7 @@ from nas_engine.data import DatasetSplit, load_dataset
 from nas_engine.genotype import Genotype
 from nas_engine.synthetic import SyntheticObjective
 from nas_engine.trainer import EpochMetrics, Recipe, Reporter, train_child
+from webapp.live import events as live
 from webapp.searches import models as m
 from workers import orchestrator
 
@@ -105,7 +106,9 @@ def finish(run: m.ChildRun, status: str, *, reward=None, error: str = "", wall_t
     if not _ours(run).update(**fields):
         log.warning("child run %s: no longer ours (attempt %d), result dropped", run.pk, run.attempt)
         return False
-    search_id = run.architecture.search_id
+    arch = run.architecture
+    search_id = arch.search_id
+    live.publish(search_id, *live.finished(arch.id, arch.sample_index, status, reward, wall_time))
     if status == m.RUN_SUCCEEDED:
         log.info("child run %s of search %s finished: reward %.4f", run.pk, search_id, reward)
     else:
@@ -130,11 +133,19 @@ class LeaseReporter(Reporter):
 
     `ours` selects the row only while it is still ours (running, our attempt, our worker):
     an update that touches nothing means it was taken away. With `search_id`, training
-    also stops when that search is cancelled.
+    also stops when that search is cancelled; with `architecture` too, each epoch write
+    also publishes a live `child.progress` event of the latest epoch.
     """
 
-    def __init__(self, ours, label: str, search_id: int | None = None, every: float | None = None):
-        self.ours, self.label, self.search_id = ours, label, search_id
+    def __init__(
+        self,
+        ours,
+        label: str,
+        search_id: int | None = None,
+        every: float | None = None,
+        architecture: m.Architecture | None = None,
+    ):
+        self.ours, self.label, self.search_id, self.architecture = ours, label, search_id, architecture
         self.every = every if every is not None else min(5.0, settings.NAS_LEASE_SECONDS / 3)
         self.epochs: list[dict] = []
         self.last_beat = time.monotonic()
@@ -158,6 +169,7 @@ class LeaseReporter(Reporter):
             return
         self.last_beat = time.monotonic()
         fields = dict(heartbeat_at=timezone.now(), lease_expires_at=_lease_end())
+        wrote_epochs = self.dirty
         if self.dirty:
             fields["epochs"] = list(self.epochs)
             self.dirty = False
@@ -165,6 +177,9 @@ class LeaseReporter(Reporter):
             self.lost = True
             log.warning("%s: taken away (lease lost or search cancelled), stopping", self.label)
             return
+        if wrote_epochs and self.architecture is not None and self.search_id is not None:
+            arch = self.architecture
+            live.publish(self.search_id, *live.progress(arch.id, arch.sample_index, self.epochs[-1]))
         if self.search_id is not None:
             status = m.Search.objects.filter(pk=self.search_id).values_list("status", flat=True).first()
             self.cancelled = status in STOP_STATUSES
@@ -192,7 +207,7 @@ def run_child(run_id: int) -> None:
             else:
                 finish(run, m.RUN_SUCCEEDED, reward=reward, wall_time=elapsed)
             return
-        reporter = LeaseReporter(_ours(run), f"child run {run.pk}", arch.search_id)
+        reporter = LeaseReporter(_ours(run), f"child run {run.pk}", arch.search_id, architecture=arch)
         data = dataset_for(spec.dataset, spec.seed)
         result = train_child(genotype, spec.child, data, device=device(), reporter=reporter)
     except Exception as exc:

@@ -14,6 +14,10 @@ advance, serialized per search by a row lock (SELECT ... FOR UPDATE on the Searc
   Budget spent and everything told -> finished. Any unexpected error -> failed, with
   the error text in `Search.error`.
 
+Live events (webapp.live): each advance writes its events (architectures sampled, reused
+children finished, controller updates, the search status and counters) in one bulk insert
+in its transaction; they reach the websocket clients after commit.
+
 Counters: `children_done` counts every told child (trained, reused or failed), as
 nas_engine.search does; `children_failed` and `children_reused` are the parts of it.
 
@@ -42,6 +46,7 @@ from nas_engine.genotype import Genotype
 from nas_engine.spec import Limits, SearchSpec, validate_spec
 from nas_engine.strategies import Strategy, restore_into
 from nas_engine.strategies.base import checkpoint_bytes, parse_checkpoint
+from webapp.live import events as live
 from webapp.searches import models as m
 from workers.celery import app
 
@@ -185,6 +190,7 @@ def _fail(search_id: int, error: str) -> None:
             status=m.RUN_CANCELLED, finished_at=timezone.now(), error="search failed", lease_expires_at=None
         )
         _set_status(search, m.FAILED, error=error[:10000])
+        live.publish_many(search.id, [live.status(search)])
 
 
 def _set_status(search: m.Search, status: str, **fields) -> None:
@@ -204,6 +210,7 @@ def _cancel(search: m.Search) -> None:
     )
     log.info("search %s: %d active child runs cancelled", search.id, stopped)
     _set_status(search, m.CANCELLED)
+    live.publish_many(search.id, [live.status(search)])
 
 
 def _step(search: m.Search) -> None:
@@ -214,15 +221,17 @@ def _step(search: m.Search) -> None:
     free = min(spec.parallel - active, search.children_total - search.children_sampled)
     if search.status == m.RUNNING and search.checkpoint_at and not finished and free <= 0:
         return  # a repeated kick: nothing arrived, no slot is free
+    events: list[tuple[str, dict]] = []  # live events of this advance, written in one go
+    old_status = search.status
     cached = _strategies.pop(search.id, None)
     strategy = cached[1] if cached and cached[0] == _version(search) else load_strategy(search)
     if search.status == m.QUEUED:
         search.started_at = search.started_at or timezone.now()
         _set_status(search, m.RUNNING, started_at=search.started_at)
-    _tell(search, strategy, finished)
+    _tell(search, strategy, finished, events)
     to_dispatch: list[int] = []
     while free > 0:  # asking again while duplicates are reused (told at once) frees slots
-        new_runs, reused = _sample(search, spec, strategy, free)
+        new_runs, reused = _sample(search, spec, strategy, free, events)
         to_dispatch += new_runs
         active += len(new_runs)
         if not reused:
@@ -235,6 +244,9 @@ def _step(search: m.Search) -> None:
         search.finished_at = timezone.now()
         log.info("search %s: running -> finished (best reward %s)", search.id, search.best_reward)
     search.save()
+    if events or search.status != old_status:
+        events.append(live.status(search))
+    live.publish_many(search.id, events)
     version = _version(search)
     transaction.on_commit(lambda: _strategies.__setitem__(search.id, (version, strategy)))
     for run_id in to_dispatch:
@@ -263,22 +275,24 @@ def _untold_runs(search: m.Search) -> list[tuple]:
     )
 
 
-def _tell(search: m.Search, strategy: Strategy, rows: list[tuple]) -> None:
+def _tell(search: m.Search, strategy: Strategy, rows: list[tuple], events: list) -> None:
     """Tell the strategy, in sample_index order; mark the architectures told."""
     if not rows:
         return
     for arch_id, index, status, reward in rows:
         if status == m.RUN_FAILED or reward is None:
-            strategy.tell_failure(index)
+            stats = strategy.tell_failure(index)
             _record(search, arch_id, m.RUN_FAILED, None)
         else:
-            strategy.tell(index, reward)
+            stats = strategy.tell(index, reward)
             _record(search, arch_id, status, reward)
+        if stats is not None:
+            events.append(live.controller(stats, index))
     run_reward = m.ChildRun.objects.filter(architecture_id=OuterRef("pk")).values("reward")[:1]
     m.Architecture.objects.filter(id__in=[r[0] for r in rows]).update(told=True, reward=Subquery(run_reward))
 
 
-def _sample(search: m.Search, spec: SearchSpec, strategy: Strategy, n: int) -> tuple[list[int], bool]:
+def _sample(search: m.Search, spec: SearchSpec, strategy: Strategy, n: int, events: list) -> tuple[list[int], bool]:
     """Ask for n proposals and write their rows; returns (run ids to dispatch, any reused)."""
     proposals = strategy.ask(n)
     hashes = [p.genotype.canonical_hash() for p in proposals]
@@ -307,10 +321,14 @@ def _sample(search: m.Search, spec: SearchSpec, strategy: Strategy, n: int) -> t
     m.Architecture.objects.bulk_create(archs)
     runs = []
     for p, arch in zip(proposals, archs):
+        events.append(live.sampled(arch))
         reward = known.get(arch.canonical_hash)
         if reward is not None:
-            strategy.tell(p.id, reward)
+            stats = strategy.tell(p.id, reward)
             _record(search, arch.id, m.RUN_REUSED, reward)
+            events.append(live.finished(arch.id, p.id, m.RUN_REUSED, reward))
+            if stats is not None:
+                events.append(live.controller(stats, p.id))
             runs.append(m.ChildRun(architecture=arch, status=m.RUN_REUSED, reward=reward, finished_at=now))
         else:
             runs.append(m.ChildRun(architecture=arch, status=m.RUN_QUEUED, dispatched_at=now))
@@ -343,6 +361,7 @@ def reap() -> dict:
     now = timezone.now()
     lease = timedelta(seconds=settings.NAS_LEASE_SECONDS)
     requeued, failed, redispatched, kicked = [], [], [], set()
+    given_up: list[m.Architecture] = []
     with transaction.atomic():
         expired = m.ChildRun.objects.select_for_update(skip_locked=True).filter(
             status=m.RUN_RUNNING, lease_expires_at__lt=now
@@ -359,6 +378,7 @@ def reap() -> dict:
                 run.error = f"lease expired after {run.attempt} attempts"
                 failed.append(run.id)
                 kicked.add(run.architecture.search_id)
+                given_up.append(run.architecture)
                 log.warning("child run %s failed: %s", run.id, run.error)
             run.save(update_fields=["status", "dispatched_at", "lease_expires_at", "finished_at", "error"])
         lost = m.ChildRun.objects.select_for_update(skip_locked=True).filter(
@@ -384,6 +404,10 @@ def reap() -> dict:
             send_on_commit(TASK_ADVANCE, search_id)
         for job_id in jobs:
             send_on_commit(TASK_TRAIN_JOB, job_id)
+    # After the transaction: publishing locks the Search row, which an advance may hold
+    # while it waits for the child runs locked above.
+    for arch in given_up:
+        live.publish(arch.search_id, *live.finished(arch.id, arch.sample_index, m.RUN_FAILED))
     if redispatched:
         log.warning("child runs %s: never claimed within the lease, dispatched again", redispatched)
     return {

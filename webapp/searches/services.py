@@ -17,6 +17,7 @@ from nas_engine.genotype import Genotype, GenotypeError
 from nas_engine.spec import Limits, SpecError, validate_spec
 from nas_engine.trainer import Recipe, RecipeError
 from webapp.accounts.models import Team
+from webapp.live import events as live
 from webapp.searches import models as m
 
 log = logging.getLogger("nasnet.service")
@@ -110,6 +111,7 @@ def transition(search: m.Search, action: str) -> m.Search:
         if action == "resume" and row.started_at is None:
             row.status = m.QUEUED
         row.save(update_fields=["status", "updated_at"])
+        live.publish_many(row.id, [live.status(row)])
         queue_task(TASK_ADVANCE, row.id)
     log.info("search %s: %s -> %s", row.id, action, row.status)
     return row

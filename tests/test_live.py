@@ -1,0 +1,266 @@
+"""Live events over Channels websockets (webapp.live), against the real Redis channel layer
+and the full ASGI stack (session cookie, origin check, URL routing).
+
+The tests are sync (no pytest-asyncio): each runs its async part with async_to_sync, so the
+consumer's database calls run on the test's thread and see its rows (transaction=True).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import pytest
+import redis
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.db import transaction
+from django.test import Client
+
+from webapp.live import events as live
+from webapp.live.models import SearchEvent
+from webapp.searches import models as m
+
+pytestmark = pytest.mark.django_db(transaction=True)
+TIMEOUT = 5
+
+
+def live_redis_url() -> str:
+    """A Redis database of its own (1..8, by test database name), apart from the orchestration
+    tests' (10..15) and the default (0)."""
+    name = settings.DATABASES["default"]["NAME"]
+    return os.environ.get("NAS_TEST_LIVE_REDIS_URL", f"redis://127.0.0.1:6379/{1 + zlib.crc32(name.encode()) % 8}")
+
+
+@pytest.fixture
+def layer(settings):
+    url = live_redis_url()
+    redis.Redis.from_url(url).flushdb()
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [url], "prefix": "nasnet-live-test"},
+        }
+    }
+    yield url
+    redis.Redis.from_url(url).flushdb()
+
+
+@pytest.fixture
+def search(personas):
+    return m.Search.objects.create(
+        team=personas.alpha, owner=personas.owner, name="live", spec={}, status=m.RUNNING, children_total=20
+    )
+
+
+def application():
+    from webapp.asgi import application
+
+    return application
+
+
+def login(user=None) -> list[tuple[bytes, bytes]]:
+    """Headers of a browser logged in as `user` (None: anonymous), with the session cookie."""
+    headers = [(b"origin", b"http://testserver"), (b"host", b"testserver")]
+    if user is not None:
+        client = Client()
+        client.force_login(user)
+        cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
+        headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie}".encode()))
+    return headers
+
+
+def communicator(search_id: int, headers) -> WebsocketCommunicator:
+    """A websocket client through the whole stack (session auth, origin check, routing)."""
+    return WebsocketCommunicator(application(), f"/ws/searches/{search_id}/", headers=headers)
+
+
+apublish = sync_to_async(live.publish)
+
+
+def progress(i: int) -> tuple[str, dict]:
+    return live.progress(1, i, {"epoch": i, "epochs": 10, "val_acc": 0.5, "train_loss": 1.0})
+
+
+def test_a_member_receives_a_published_event(layer, personas, search):
+    headers = login(personas.member)
+
+    @async_to_sync
+    async def scenario():
+        ws = communicator(search.id, headers)
+        connected, _ = await ws.connect(timeout=TIMEOUT)
+        assert connected
+        await apublish(search.id, *live.status(search))
+        event = await ws.receive_json_from(timeout=TIMEOUT)
+        assert event["seq"] == 1 and event["type"] == "search.status" and event["search"] == search.id
+        assert event["status"] == m.RUNNING and event["children_total"] == 20
+        await ws.disconnect()
+
+    scenario()
+
+
+@pytest.mark.parametrize("who", ["owner", "staff"])
+def test_the_owner_and_staff_may_connect(layer, personas, search, who):
+    headers = login(getattr(personas, who))
+
+    @async_to_sync
+    async def scenario():
+        ws = communicator(search.id, headers)
+        connected, _ = await ws.connect(timeout=TIMEOUT)
+        assert connected
+        await ws.disconnect()
+
+    scenario()
+
+
+@pytest.mark.parametrize("who", ["outsider", "anonymous", "missing search"])
+def test_everyone_else_is_refused(layer, personas, search, who):
+    user = {"outsider": personas.outsider, "anonymous": None, "missing search": personas.member}[who]
+    search_id = search.id + 1000 if who == "missing search" else search.id
+    headers = login(user)
+
+    @async_to_sync
+    async def scenario():
+        ws = communicator(search_id, headers)
+        connected, _ = await ws.connect(timeout=TIMEOUT)
+        assert not connected
+        await ws.disconnect()
+
+    scenario()
+
+
+def test_a_foreign_origin_is_refused(layer, personas, search):
+    headers = login(personas.member)
+
+    @async_to_sync
+    async def scenario():
+        ws = communicator(search.id, headers)
+        ws.scope["headers"] = [(k, b"http://evil.example" if k == b"origin" else v) for k, v in ws.scope["headers"]]
+        connected, _ = await ws.connect(timeout=TIMEOUT)
+        assert not connected
+
+    scenario()
+
+
+def test_catch_up_after_a_reconnect_sends_exactly_the_missed_events(layer, personas, search):
+    headers = login(personas.member)
+
+    @async_to_sync
+    async def scenario():
+        ws = communicator(search.id, headers)
+        assert (await ws.connect(timeout=TIMEOUT))[0]
+        await ws.send_json_to({"type": "catch_up", "after": 0})
+        for i in range(1, 6):
+            await apublish(search.id, *progress(i))
+        seen = [(await ws.receive_json_from(timeout=TIMEOUT))["seq"] for _ in range(2)]
+        assert seen == [1, 2]
+        await ws.disconnect()
+
+        for i in range(6, 9):
+            await apublish(search.id, *progress(i))
+        ws = communicator(search.id, headers)
+        assert (await ws.connect(timeout=TIMEOUT))[0]
+        await ws.send_json_to({"type": "catch_up", "after": 2})
+        got = [await ws.receive_json_from(timeout=TIMEOUT) for _ in range(6)]
+        assert [e["seq"] for e in got] == [3, 4, 5, 6, 7, 8]
+        assert [e["sample_index"] for e in got] == [3, 4, 5, 6, 7, 8]
+        # then the live ones, once each
+        await apublish(search.id, *progress(9))
+        assert (await ws.receive_json_from(timeout=TIMEOUT))["seq"] == 9
+        assert await ws.receive_nothing(timeout=0.3)
+        await ws.disconnect()
+
+    scenario()
+
+
+def test_live_events_that_overtake_one_are_preceded_by_the_missing_ones(layer, personas, search):
+    """Two processes publishing at once: seq 2's message may reach the group before seq 1's."""
+    headers = login(personas.member)
+
+    @async_to_sync
+    async def scenario():
+        ws = communicator(search.id, headers)
+        assert (await ws.connect(timeout=TIMEOUT))[0]
+        await ws.send_json_to({"type": "catch_up", "after": 0})
+        await ws.receive_nothing(timeout=0.2)  # the (empty) catch-up is done
+
+        def store_two_send_second():
+            with transaction.atomic():
+                first = live.publish_many(search.id, [progress(1)])
+            live.publish_many(search.id, [progress(2)])  # sent on commit
+            return first
+
+        first = await sync_to_async(store_two_send_second)()
+        got = [await ws.receive_json_from(timeout=TIMEOUT) for _ in range(2)]
+        assert [e["seq"] for e in got] == [1, 2]
+        await sync_to_async(live.send)(search.id, first)  # the late message of seq 1: dropped
+        assert await ws.receive_nothing(timeout=0.3)
+        await ws.disconnect()
+
+    scenario()
+
+
+def test_sequence_numbers_are_consecutive_per_search(layer, personas, search):
+    other = m.Search.objects.create(
+        team=personas.beta, owner=personas.outsider, name="other", spec={}, children_total=5
+    )
+    live.publish(search.id, *live.status(search))
+    live.publish(other.id, *live.status(other))
+    messages = live.publish_many(search.id, [progress(i) for i in range(3)])
+    assert [e["seq"] for e in messages] == [2, 3, 4]
+    with pytest.raises(RuntimeError), transaction.atomic():
+        live.publish(search.id, *progress(9))
+        raise RuntimeError("rolled back: the number is given back")
+    live.publish(other.id, *progress(1))
+    live.publish(search.id, *progress(5))
+    seqs = lambda s: list(SearchEvent.objects.filter(search=s).order_by("seq").values_list("seq", flat=True))  # noqa: E731
+    assert seqs(search) == [1, 2, 3, 4, 5]
+    assert seqs(other) == [1, 2]
+
+
+def test_a_broken_channel_layer_never_breaks_a_publish(settings, personas, search, monkeypatch):
+    warnings = []
+    monkeypatch.setattr(live.log, "warning", lambda *args, **kwargs: warnings.append(args))
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}
+    }
+    messages = live.publish(search.id, *live.status(search))
+    assert messages[0]["seq"] == 1
+    assert SearchEvent.objects.filter(search=search).count() == 1
+    assert warnings and "not sent" in warnings[0][0]  # the layer was tried, and failed
+
+
+def test_non_finite_numbers_are_stored_as_null(personas, search, settings):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    live.publish(search.id, *live.progress(1, 0, {"epoch": 1, "epochs": 2, "val_acc": 0.1, "train_loss": float("nan")}))
+    assert SearchEvent.objects.get(search=search).payload["train_loss"] is None
+
+
+def test_the_orchestrator_and_the_child_publish_their_events(layer, personas, monkeypatch):
+    """In-process advance -> claim -> finish -> advance (tasks recorded, not sent)."""
+    from webapp.searches import services
+    from workers import child, orchestrator
+
+    monkeypatch.setattr(services, "queue_task", lambda *args: None)
+    monkeypatch.setattr(orchestrator, "send", lambda *args: None)
+    monkeypatch.setattr(orchestrator, "request_advance", lambda search_id: None)
+    budget = {"children": 2, "parallel": 2}
+    spec = {"dataset": "digits", "objective": "synthetic", "strategy": "random", "budget": budget}
+    search = services.submit_search(user=personas.owner, team=personas.alpha, name="s", spec_data=spec)
+    orchestrator.advance(search.id)
+    for run in m.ChildRun.objects.filter(architecture__search=search).order_by("id"):
+        child.run_child(run.id)
+    orchestrator.advance(search.id)
+    events = list(SearchEvent.objects.filter(search=search).order_by("seq"))
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    types = [e.type for e in events]
+    assert types[:3] == ["architecture.sampled", "architecture.sampled", "search.status"]
+    assert types[3:5] == ["child.finished", "child.finished"]
+    assert types[-1] == "search.status" and events[-1].payload["status"] == m.FINISHED
+    assert events[-1].payload["children_done"] == 2
+    finished = events[3].payload
+    assert finished["status"] == m.RUN_SUCCEEDED and 0 <= finished["reward"] <= 1 and finished["wall_time"] >= 0
+    sampled = events[0].payload
+    arch = m.Architecture.objects.get(pk=sampled["architecture"])
+    assert sampled["canonical_hash"] == arch.canonical_hash and sampled["url"] == f"/architectures/{arch.id}"

@@ -1,0 +1,175 @@
+"""Publishing live events of a search (ARCHITECTURE.md, "Live events").
+
+    publish(search_id, "child.progress", {"architecture": 7, "epoch": 3, ...})
+    publish_many(search_id, [(type, payload), ...])    # one counter update, one bulk insert
+
+Each event is stored as a `SearchEvent` row (the truth) in the caller's transaction and,
+once that transaction commits, sent to the Channels group `search-<id>` as one
+"live.events" message. A channel layer that fails or is missing is logged and ignored:
+a client that missed a live event catches up from the rows.
+
+Types: architecture.sampled, child.progress, child.finished, controller.update, search.status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Iterable
+
+from django.db import connection, transaction
+
+from webapp.live.models import SearchEvent, SearchEventCounter
+
+log = logging.getLogger("nasnet.live")
+
+SAMPLED, PROGRESS, FINISHED, CONTROLLER, STATUS = (
+    "architecture.sampled",
+    "child.progress",
+    "child.finished",
+    "controller.update",
+    "search.status",
+)
+EVENT_TYPES = (SAMPLED, PROGRESS, FINISHED, CONTROLLER, STATUS)
+SEND_TIMEOUT = 5.0  # seconds a publish may wait on the channel layer
+
+
+def group_name(search_id: int) -> str:
+    return f"search-{search_id}"
+
+
+def allocate(search_id: int, n: int) -> int:
+    """Reserve n sequence numbers for a search; returns the last (first = last - n + 1).
+    The counter row stays locked until the caller's transaction ends.
+
+    Lock order: the Search row first (FOR KEY SHARE, what the event rows' foreign key
+    check takes anyway), then the counter. An advance holds the Search row FOR UPDATE
+    while it publishes; taking the counter first here would deadlock with it."""
+    table = SearchEventCounter._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            search_table = SearchEventCounter._meta.get_field("search").related_model._meta.db_table
+            cursor.execute(f"SELECT 1 FROM {search_table} WHERE id = %s FOR KEY SHARE", [search_id])
+        cursor.execute(
+            f"INSERT INTO {table} (search_id, last_seq) VALUES (%s, %s) "
+            f"ON CONFLICT (search_id) DO UPDATE SET last_seq = {table}.last_seq + EXCLUDED.last_seq "
+            "RETURNING last_seq",
+            [search_id, n],
+        )
+        return cursor.fetchone()[0]
+
+
+def publish(search_id: int, type: str, payload: dict) -> list[dict]:
+    return publish_many(search_id, [(type, payload)])
+
+
+def publish_many(search_id: int, events: Iterable[tuple[str, dict]]) -> list[dict]:
+    """Store the events (consecutive seqs, in the given order) and send them on commit.
+    Returns the messages as clients receive them."""
+    events = list(events)
+    if not events:
+        return []
+    for type_, _ in events:
+        if type_ not in EVENT_TYPES:
+            raise ValueError(f"unknown live event type {type_!r}")
+    with transaction.atomic(savepoint=False):
+        last = allocate(search_id, len(events))
+        first = last - len(events) + 1
+        rows = [
+            SearchEvent(search_id=search_id, seq=first + i, type=type_, payload=_finite(payload))
+            for i, (type_, payload) in enumerate(events)
+        ]
+        SearchEvent.objects.bulk_create(rows)
+        messages = [row.message() for row in rows]
+        transaction.on_commit(lambda: send(search_id, messages))
+    return messages
+
+
+def _finite(value):
+    """JSON without NaN/inf (PostgreSQL's jsonb refuses them, browsers' JSON.parse too)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def send(search_id: int, messages: list[dict]) -> None:
+    """Send stored events to the search's group; never raises."""
+    try:
+        from asgiref.sync import async_to_sync
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        async_to_sync(_group_send)(layer, group_name(search_id), messages)
+    except Exception:  # noqa: BLE001 - the rows are the truth; clients catch up from them
+        log.warning("live events %s of search %s not sent", [m["seq"] for m in messages], search_id, exc_info=True)
+
+
+async def _group_send(layer, group: str, messages: list[dict]) -> None:
+    await asyncio.wait_for(layer.group_send(group, {"type": "live.events", "events": messages}), SEND_TIMEOUT)
+
+
+# -- payloads -----------------------------------------------------------------------------------
+def sampled(arch) -> tuple[str, dict]:
+    """An Architecture row just written (its id set)."""
+    return SAMPLED, {
+        "architecture": arch.id,
+        "sample_index": arch.sample_index,
+        "canonical_hash": arch.canonical_hash,
+        "url": f"/architectures/{arch.id}",  # the page that draws its cells (SVG)
+    }
+
+
+def finished(arch_id: int, sample_index: int, status: str, reward=None, wall_time=None) -> tuple[str, dict]:
+    return FINISHED, {
+        "architecture": arch_id,
+        "sample_index": sample_index,
+        "status": status,
+        "reward": reward,
+        "wall_time": wall_time,
+    }
+
+
+def progress(arch_id: int, sample_index: int, epoch: dict) -> tuple[str, dict]:
+    """`epoch`: EpochMetrics.to_dict() of the latest epoch written."""
+    return PROGRESS, {
+        "architecture": arch_id,
+        "sample_index": sample_index,
+        "epoch": epoch.get("epoch"),
+        "epochs": epoch.get("epochs"),
+        "val_acc": epoch.get("val_acc"),
+        "train_loss": epoch.get("train_loss"),
+    }
+
+
+def controller(stats, sample_index: int) -> tuple[str, dict]:
+    """nas_engine UpdateStats (the policy probabilities are left out for now)."""
+    return CONTROLLER, {
+        "sample_index": sample_index,
+        "step": stats.step,
+        "loss": stats.loss,
+        "entropy": stats.entropy,
+        "mean_reward": stats.mean_reward,
+        "baseline": stats.baseline,
+        "approx_kl": stats.approx_kl,
+        "clip_fraction": stats.clip_fraction,
+    }
+
+
+def status(search) -> tuple[str, dict]:
+    return STATUS, {
+        "status": search.status,
+        "children_total": search.children_total,
+        "children_sampled": search.children_sampled,
+        "children_done": search.children_done,
+        "children_failed": search.children_failed,
+        "children_reused": search.children_reused,
+        "best_reward": search.best_reward,
+        "best_architecture": search.best_architecture_id,
+    }
