@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+import plotly
 from django.core.exceptions import ImproperlyConfigured
 
 from webapp.env import env_bool, env_dir, env_float, env_int, env_list, env_str, env_url
@@ -42,10 +43,14 @@ INSTALLED_APPS = [
     "webapp.front",
     "channels",
     "webapp.live",
+    "webapp.fleet",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (Plotly.js, the style sheet) from the web process itself, compressed and
+    # cached: no separate file server needed in the docker deployment.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -92,6 +97,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+# Plotly.js comes from the plotly package's own bundled copy: no CDN, works offline.
+# Templates load it as {% static 'vendor/plotly/plotly.min.js' %}.
+STATICFILES_DIRS = [("vendor/plotly", Path(plotly.__file__).resolve().parent / "package_data")]
 STATIC_ROOT = env_dir("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles")
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"

@@ -16,6 +16,7 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -133,8 +134,8 @@ class LeaseReporter(Reporter):
 
     `ours` selects the row only while it is still ours (running, our attempt, our worker):
     an update that touches nothing means it was taken away. With `search_id`, training
-    also stops when that search is cancelled; with `architecture` too, each epoch write
-    also publishes a live `child.progress` event of the latest epoch.
+    also stops when that search is cancelled. `on_epochs(epochs)`, if given, is called
+    after each epoch write (it publishes the live progress event).
     """
 
     def __init__(
@@ -143,9 +144,9 @@ class LeaseReporter(Reporter):
         label: str,
         search_id: int | None = None,
         every: float | None = None,
-        architecture: m.Architecture | None = None,
+        on_epochs: Callable[[list[dict]], None] | None = None,
     ):
-        self.ours, self.label, self.search_id, self.architecture = ours, label, search_id, architecture
+        self.ours, self.label, self.search_id, self.on_epochs = ours, label, search_id, on_epochs
         self.every = every if every is not None else min(5.0, settings.NAS_LEASE_SECONDS / 3)
         self.epochs: list[dict] = []
         self.last_beat = time.monotonic()
@@ -177,9 +178,8 @@ class LeaseReporter(Reporter):
             self.lost = True
             log.warning("%s: taken away (lease lost or search cancelled), stopping", self.label)
             return
-        if wrote_epochs and self.architecture is not None and self.search_id is not None:
-            arch = self.architecture
-            live.publish(self.search_id, *live.progress(arch.id, arch.sample_index, self.epochs[-1]))
+        if wrote_epochs and self.on_epochs is not None:
+            self.on_epochs(self.epochs)
         if self.search_id is not None:
             status = m.Search.objects.filter(pk=self.search_id).values_list("status", flat=True).first()
             self.cancelled = status in STOP_STATUSES
@@ -207,7 +207,14 @@ def run_child(run_id: int) -> None:
             else:
                 finish(run, m.RUN_SUCCEEDED, reward=reward, wall_time=elapsed)
             return
-        reporter = LeaseReporter(_ours(run), f"child run {run.pk}", arch.search_id, architecture=arch)
+        reporter = LeaseReporter(
+            _ours(run),
+            f"child run {run.pk}",
+            arch.search_id,
+            on_epochs=lambda epochs: live.publish(
+                arch.search_id, *live.progress(arch.id, arch.sample_index, epochs[-1])
+            ),
+        )
         data = dataset_for(spec.dataset, spec.seed)
         result = train_child(genotype, spec.child, data, device=device(), reporter=reporter)
     except Exception as exc:
@@ -240,10 +247,11 @@ def run_training_job(job_id: int) -> None:
     job = m.TrainingJob.objects.get(pk=job_id)
     ours = m.TrainingJob.objects.filter(pk=job_id, status=m.RUN_RUNNING, attempt=job.attempt, worker=WORKER)
     log.info("training job %s started, attempt %d", job_id, job.attempt)
+    _publish_job(job_id)
     try:
         genotype, recipe = Genotype.from_dict(job.genotype), Recipe.from_dict(job.recipe)
         data = dataset_for(job.dataset, recipe.seed)
-        reporter = LeaseReporter(ours, f"training job {job_id}")
+        reporter = LeaseReporter(ours, f"training job {job_id}", on_epochs=lambda epochs: _publish_job(job_id))
         result = train_child(genotype, recipe, data, device=device(), reporter=reporter, keep_model=True)
         if reporter.lost:
             return
@@ -254,6 +262,7 @@ def run_training_job(job_id: int) -> None:
         log.exception("training job %s raised", job_id)
         error = traceback.format_exception_only(type(exc), exc)[-1].strip()
         ours.update(status=m.RUN_FAILED, error=error, finished_at=timezone.now(), lease_expires_at=None)
+        _publish_job(job_id)
         return
     ok = result.status == "ok"
     ours.update(
@@ -269,3 +278,11 @@ def run_training_job(job_id: int) -> None:
         lease_expires_at=None,
     )
     log.info("training job %s %s", job_id, "finished" if ok else f"failed: {result.error}")
+    _publish_job(job_id)
+
+
+def _publish_job(job_id: int) -> None:
+    """A job.progress event to the search the job's architecture came from (if any)."""
+    job = m.TrainingJob.objects.select_related("architecture").filter(pk=job_id).first()
+    if job is not None and job.architecture is not None:
+        live.publish(job.architecture.search_id, *live.job_progress(job))

@@ -8,7 +8,8 @@ once that transaction commits, sent to the Channels group `search-<id>` as one
 "live.events" message. A channel layer that fails or is missing is logged and ignored:
 a client that missed a live event catches up from the rows.
 
-Types: architecture.sampled, child.progress, child.finished, controller.update, search.status.
+Types: architecture.sampled, child.progress, child.finished, controller.update, search.status,
+job.progress (a training job of one of the search's architectures: the transfer step).
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ from webapp.live.models import SearchEvent, SearchEventCounter
 
 log = logging.getLogger("nasnet.live")
 
-SAMPLED, PROGRESS, FINISHED, CONTROLLER, STATUS = (
+SAMPLED, PROGRESS, FINISHED, CONTROLLER, STATUS, JOB = (
     "architecture.sampled",
     "child.progress",
     "child.finished",
     "controller.update",
     "search.status",
+    "job.progress",
 )
-EVENT_TYPES = (SAMPLED, PROGRESS, FINISHED, CONTROLLER, STATUS)
+EVENT_TYPES = (SAMPLED, PROGRESS, FINISHED, CONTROLLER, STATUS, JOB)
 SEND_TIMEOUT = 5.0  # seconds a publish may wait on the channel layer
 
 
@@ -149,7 +151,8 @@ def progress(arch_id: int, sample_index: int, epoch: dict) -> tuple[str, dict]:
 
 
 def controller(stats, sample_index: int) -> tuple[str, dict]:
-    """nas_engine UpdateStats (the policy probabilities are left out for now)."""
+    """nas_engine UpdateStats. `policy[k][j]`: probability of option j at decision k after
+    the update (ragged, SearchSpace.decision_sizes()), rounded: it feeds a heatmap."""
     return CONTROLLER, {
         "sample_index": sample_index,
         "step": stats.step,
@@ -159,6 +162,26 @@ def controller(stats, sample_index: int) -> tuple[str, dict]:
         "baseline": stats.baseline,
         "approx_kl": stats.approx_kl,
         "clip_fraction": stats.clip_fraction,
+        "policy": [[round(p, POLICY_DIGITS) for p in row] for row in (stats.policy or [])],
+    }
+
+
+POLICY_DIGITS = 4  # 50 decisions x up to 13 options: about 3 kB per update
+
+
+def job_progress(job) -> tuple[str, dict]:
+    """A TrainingJob row (its latest epoch, if any), for the search its architecture came from."""
+    epochs = job.epochs if isinstance(job.epochs, list) else []
+    last = epochs[-1] if epochs and isinstance(epochs[-1], dict) else {}
+    return JOB, {
+        "job": job.id,
+        "architecture": job.architecture_id,
+        "status": job.status,
+        "epoch": last.get("epoch"),
+        "epochs": last.get("epochs") or (job.recipe or {}).get("epochs"),
+        "val_acc": last.get("val_acc"),
+        "train_loss": last.get("train_loss"),
+        "reward": job.reward,
     }
 
 
