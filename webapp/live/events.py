@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import threading
 from collections.abc import Iterable
 
 from django.db import connection, transaction
@@ -102,19 +104,53 @@ def _finite(value):
 def send(search_id: int, messages: list[dict]) -> None:
     """Send stored events to the search's group; never raises."""
     try:
-        from asgiref.sync import async_to_sync
-        from channels.layers import get_channel_layer
+        from channels.layers import InMemoryChannelLayer, get_channel_layer
 
         layer = get_channel_layer()
         if layer is None:
             return
-        async_to_sync(_group_send)(layer, group_name(search_id), messages)
+        if isinstance(layer, InMemoryChannelLayer):
+            from asgiref.sync import async_to_sync
+
+            # The in-memory layer lives on the web server's loop: async_to_sync runs there.
+            async_to_sync(_group_send)(layer, group_name(search_id), messages)
+        else:
+            _sender_loop().submit(_group_send(layer, group_name(search_id), messages))
     except Exception:  # noqa: BLE001 - the rows are the truth; clients catch up from them
         log.warning("live events %s of search %s not sent", [m["seq"] for m in messages], search_id, exc_info=True)
 
 
 async def _group_send(layer, group: str, messages: list[dict]) -> None:
     await asyncio.wait_for(layer.group_send(group, {"type": "live.events", "events": messages}), SEND_TIMEOUT)
+
+
+class _SenderLoop:
+    """One event loop in a daemon thread per process, for publishing from sync code.
+
+    async_to_sync outside a server starts a fresh loop per call, and channels_redis keeps
+    its connection pool per loop: every publish paid a new Redis connection (4.4 ms against
+    0.4 ms here). Keyed by pid: a forked Celery pool process starts its own."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="live-events-sender", daemon=True).start()
+
+    def submit(self, coro) -> None:
+        """Run `coro` on the loop and wait for it (so events leave in publish order)."""
+        asyncio.run_coroutine_threadsafe(coro, self.loop).result(SEND_TIMEOUT + 1)
+
+
+_sender: _SenderLoop | None = None
+_sender_lock = threading.Lock()
+
+
+def _sender_loop() -> _SenderLoop:
+    global _sender
+    with _sender_lock:
+        if _sender is None or _sender.pid != os.getpid():
+            _sender = _SenderLoop()
+        return _sender
 
 
 # -- payloads -----------------------------------------------------------------------------------
