@@ -26,3 +26,11 @@ def test_logout_is_a_post_and_ends_the_session(client, personas):
     response = client.post("/accounts/logout/")
     assert response.status_code == 302 and response["Location"] == "/accounts/login/"
     assert client.get("/").status_code == 302
+
+
+def test_a_missing_page_is_our_404_page(client, settings, personas):
+    settings.DEBUG = False
+    client.force_login(personas.owner)
+    response = client.get("/searches/999999")
+    assert response.status_code == 404
+    assert b"belongs to a team you are not a member of" in response.content

@@ -264,3 +264,62 @@ def test_the_orchestrator_and_the_child_publish_their_events(layer, personas, mo
     sampled = events[0].payload
     arch = m.Architecture.objects.get(pk=sampled["architecture"])
     assert sampled["canonical_hash"] == arch.canonical_hash and sampled["url"] == f"/architectures/{arch.id}"
+    assert sampled["svg"] == f"/architectures/{arch.id}/cells.svg"
+
+
+def test_controller_updates_carry_the_policy_for_the_heatmap(layer, personas, monkeypatch):
+    """A PPO search in-process: each controller.update has one probability row per decision."""
+    from nas_engine.space import SearchSpace
+    from webapp.searches import services
+    from workers import child, orchestrator
+
+    monkeypatch.setattr(services, "queue_task", lambda *args: None)
+    monkeypatch.setattr(orchestrator, "send", lambda *args: None)
+    monkeypatch.setattr(orchestrator, "request_advance", lambda search_id: None)
+    spec = {
+        "dataset": "digits",
+        "objective": "synthetic",
+        "strategy": {"name": "ppo", "settings": {"batch_size": 2}},
+        "budget": {"children": 4, "parallel": 2},
+    }
+    search = services.submit_search(user=personas.owner, team=personas.alpha, name="ppo", spec_data=spec)
+    for _ in range(3):
+        orchestrator.advance(search.id)
+        for run in m.ChildRun.objects.filter(architecture__search=search, status=m.RUN_QUEUED):
+            child.run_child(run.id)
+    updates = [e.payload for e in SearchEvent.objects.filter(search=search, type="controller.update").order_by("seq")]
+    assert len(updates) == 2  # 4 children, minibatches of 2
+    sizes = SearchSpace().decision_sizes()
+    for update in updates:
+        assert [len(row) for row in update["policy"]] == list(sizes)
+        assert all(abs(sum(row) - 1) < 1e-3 for row in update["policy"])
+        assert update["entropy"] > 0 and update["step"] >= 1
+
+
+def test_a_training_job_publishes_its_progress_to_the_search(layer, personas, settings, tmp_path):
+    from workers import child
+
+    settings.NAS_ARTIFACTS_ROOT = tmp_path
+    search = m.Search.objects.create(
+        team=personas.alpha, owner=personas.owner, name="s", spec={}, status=m.FINISHED, children_total=1
+    )
+    from nas_engine.cells import NASNET_A
+
+    arch = m.Architecture.objects.create(search=search, genotype=NASNET_A.to_dict(), canonical_hash="x", sample_index=0)
+    recipe = {"epochs": 1, "batch_size": 64, "repeats": 1, "filters": 4, "seed": 0}
+    job = m.TrainingJob.objects.create(
+        team=personas.alpha,
+        owner=personas.owner,
+        architecture=arch,
+        name="transfer",
+        genotype=arch.genotype,
+        dataset={"name": "digits", "subset_per_class": 10, "val_size": 50},
+        recipe=recipe,
+    )
+    child.run_training_job(job.id)
+    job.refresh_from_db()
+    events = [e.payload for e in SearchEvent.objects.filter(search=search, type="job.progress").order_by("seq")]
+    assert events[0]["status"] == m.RUN_RUNNING and events[0]["job"] == job.id
+    assert events[-1]["status"] == job.status == m.RUN_SUCCEEDED
+    assert events[-1]["architecture"] == arch.id and events[-1]["reward"] == job.reward
+    assert any(e["epoch"] == 1 and e["epochs"] == 1 for e in events)

@@ -54,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=1, help="controller worker processes (default 1)")
     parser.add_argument("--loglevel", default="INFO")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, start nothing")
-    parser.add_argument("celery_args", nargs="*", help="after --: passed to every celery worker")
-    args = parser.parse_args(argv)
+    parser.epilog = "Options after -- are passed to every celery process, e.g. -- --without-gossip"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Split at "--" ourselves: argparse treats what follows a positional's "--" unreliably.
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    args.celery_args = argv[cut + 1 :]
     plan = commands(args)
     if args.dry_run:
         for cmd, env in plan:

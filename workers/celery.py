@@ -26,3 +26,6 @@ def _drop_broken_connections(**kwargs) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+from workers import fleet  # noqa: E402,F401 - the Worker rows of the staff workers page (signal handlers)

@@ -110,10 +110,13 @@ def finish(run: m.ChildRun, status: str, *, reward=None, error: str = "", wall_t
     arch = run.architecture
     search_id = arch.search_id
     live.publish(search_id, *live.finished(arch.id, arch.sample_index, status, reward, wall_time))
+    took = f" after {wall_time:.1f} s" if wall_time is not None else ""
     if status == m.RUN_SUCCEEDED:
-        log.info("child run %s of search %s finished: reward %.4f", run.pk, search_id, reward)
+        log.info("child run %s of search %s finished: reward %.4f%s", run.pk, search_id, reward, took)
+    elif status == m.RUN_FAILED:
+        log.warning("child run %s of search %s failed%s: %s", run.pk, search_id, took, error)
     else:
-        log.info("child run %s of search %s %s: %s", run.pk, search_id, status, error)
+        log.info("child run %s of search %s %s%s: %s", run.pk, search_id, status, took, error)
     orchestrator.request_advance(search_id)
     return True
 
@@ -126,6 +129,8 @@ def retry_or_fail(run: m.ChildRun, error: str) -> None:
     if requeued:
         log.warning("child run %s failed on attempt %d (%s), queued for a retry", run.pk, run.attempt, error)
         orchestrator.send(orchestrator.TASK_TRAIN, run.pk)
+    else:
+        log.warning("child run %s failed on attempt %d (%s); no longer ours, not retried", run.pk, run.attempt, error)
 
 
 # -- the reporter ---------------------------------------------------------------------------------
@@ -195,7 +200,12 @@ def run_child(run_id: int) -> None:
     spec = orchestrator.search_spec(arch.search)
     genotype = Genotype.from_dict(arch.genotype)
     log.info(
-        "child run %s (#%d of search %s) started, attempt %d", run.pk, arch.sample_index, arch.search_id, run.attempt
+        "child run %s (#%d of search %s) started on %s, attempt %d",
+        run.pk,
+        arch.sample_index,
+        arch.search_id,
+        WORKER,
+        run.attempt,
     )
     start = time.perf_counter()
     try:
@@ -246,7 +256,7 @@ def run_training_job(job_id: int) -> None:
         return
     job = m.TrainingJob.objects.get(pk=job_id)
     ours = m.TrainingJob.objects.filter(pk=job_id, status=m.RUN_RUNNING, attempt=job.attempt, worker=WORKER)
-    log.info("training job %s started, attempt %d", job_id, job.attempt)
+    log.info("training job %s started on %s, attempt %d", job_id, WORKER, job.attempt)
     _publish_job(job_id)
     try:
         genotype, recipe = Genotype.from_dict(job.genotype), Recipe.from_dict(job.recipe)
@@ -259,8 +269,8 @@ def run_training_job(job_id: int) -> None:
         if result.status == "ok":
             save_bundle(Path(settings.NAS_ARTIFACTS_ROOT) / relative, genotype, recipe, data, result)
     except Exception as exc:
-        log.exception("training job %s raised", job_id)
         error = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        log.exception("training job %s failed: %s", job_id, error)
         ours.update(status=m.RUN_FAILED, error=error, finished_at=timezone.now(), lease_expires_at=None)
         _publish_job(job_id)
         return
@@ -277,7 +287,10 @@ def run_training_job(job_id: int) -> None:
         finished_at=timezone.now(),
         lease_expires_at=None,
     )
-    log.info("training job %s %s", job_id, "finished" if ok else f"failed: {result.error}")
+    if ok:
+        log.info("training job %s finished: reward %.4f after %.1f s", job_id, result.reward, result.wall_time)
+    else:
+        log.warning("training job %s failed after %.1f s: %s", job_id, result.wall_time, result.error)
     _publish_job(job_id)
 
 

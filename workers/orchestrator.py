@@ -48,6 +48,7 @@ from nas_engine.strategies import Strategy, restore_into
 from nas_engine.strategies.base import checkpoint_bytes, parse_checkpoint
 from webapp.live import events as live
 from webapp.searches import models as m
+from workers import fleet
 from workers.celery import app
 
 log = logging.getLogger("nasnet.worker")
@@ -416,6 +417,7 @@ def reap() -> dict:
         "redispatched": redispatched,
         "kicked": sorted(kicked),
         "jobs_requeued": jobs,
+        "workers_lost": fleet.mark_lost_workers(),
     }
 
 

@@ -6,23 +6,36 @@ is a 404, never a 403: an outsider must not learn that it exists.
 
 from __future__ import annotations
 
+import heapq
 import json
+import math
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
+from django.db import connection, transaction
+from django.db.models import F, JSONField, Max
+from django.db.models.expressions import RawSQL
+from django.db.models.fields.json import KeyTransform
+from django.db.models.functions import Greatest, Least
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from nas_engine.genotype import Genotype, GenotypeError
 from nas_engine.render import render_genotype_svg
+from nas_engine.space import SearchSpace, SpaceError
 from webapp.accounts.models import Team
+from webapp.front import charts
 from webapp.front.forms import SearchForm, TrainForm
 from webapp.front.presets import DEFAULT_PRESET, PRESETS, SCALE_DEFAULTS, preset_initial, preset_spec, promote
+from webapp.live import events as live_events
+from webapp.live.models import SearchEvent
+from webapp.searches import models as m
 from webapp.searches import services
-from webapp.searches.models import Architecture, Search
+from webapp.searches.models import Architecture, Search, TrainingJob
 
 ARCHITECTURES_PER_PAGE = 25
 SEARCHES_PER_PAGE = 50
@@ -40,10 +53,41 @@ def cells_svg(genotype: object, title: str | None = None) -> str | None:
     return mark_safe(render_genotype_svg(parsed, title=title))  # noqa: S308 - escaped by the renderer
 
 
+def sparklines(searches: list[Search]) -> dict[int, str]:
+    """Best reward so far of every search of a page over SPARK_BUCKETS stretches of its
+    budget, as inline SVG: one GROUP BY query for the whole page, not one per search."""
+    buckets = charts.SPARK_BUCKETS
+    rows = (
+        m.ChildRun.objects.filter(
+            architecture__search__in=[s.id for s in searches],
+            status__in=(m.RUN_SUCCEEDED, m.RUN_REUSED),
+            reward__isnull=False,
+        )
+        .annotate(
+            bucket=Least(
+                F("architecture__sample_index") * buckets / Greatest(F("architecture__search__children_total"), 1),
+                buckets - 1,
+            )
+        )
+        .values_list("architecture__search_id", "bucket")
+        .annotate(best=Max("reward"))
+        .order_by()
+    )
+    per_search: dict[int, list[tuple[int, float]]] = {}
+    for search_id, bucket, best in rows:
+        per_search.setdefault(search_id, []).append((bucket, best))
+    return {sid: charts.sparkline_svg(charts.best_so_far_buckets(r)) for sid, r in per_search.items()}
+
+
 @login_required
 def index(request: HttpRequest) -> HttpResponse:
     searches = Search.objects.for_user(request.user).select_related("team", "owner").defer("checkpoint", "spec")
     page = Paginator(searches, SEARCHES_PER_PAGE).get_page(request.GET.get("page"))
+    sparks = sparklines(list(page))
+    for search in page:
+        search.spark = mark_safe(sparks.get(search.id, ""))  # noqa: S308 - numbers only (charts.sparkline_svg)
+        search.progress = round(100 * search.children_done / search.children_total) if search.children_total else 0
+        search.is_active = search.status in m.SEARCH_ACTIVE
     return render(request, "front/index.html", {"page": page})
 
 
@@ -85,16 +129,55 @@ def search_detail(request: HttpRequest, search_id: int) -> HttpResponse:
     architectures = search.architectures.prefetch_related("runs").order_by("-sample_index")
     page = Paginator(architectures, ARCHITECTURES_PER_PAGE).get_page(request.GET.get("page"))
     best = search.best_architecture
+    epochs = _planned_epochs(search)
+    rows = []
+    for a in page:
+        run = next(iter(a.runs.all()), None)
+        a.epoch, a.epochs = _epoch_progress(run, epochs)
+        rows.append((a, run))
+    live = {
+        "search": search.id,
+        "chart_url": reverse("front:search_chart", args=[search.id]),
+        "ws_path": f"/ws/searches/{search.id}/",
+        "architecture_prefix": "/architectures/",
+        "transitions": {a: sorted(allowed) for a, (allowed, _) in services.TRANSITIONS.items()},
+        "rl": _is_rl(search),
+        "live_table": page.number == 1,
+        "per_page": ARCHITECTURES_PER_PAGE,
+        "children_total": search.children_total,
+        "epochs": epochs,
+    }
     context = {
         "search": search,
         "page": page,
-        "rows": [(a, next(iter(a.runs.all()), None)) for a in page],
+        "rows": rows,
         "best_svg": cells_svg(best.genotype) if best else None,
         "spec_json": json.dumps(search.spec, indent=2),
         "actions": {a: search.status in allowed for a, (allowed, _) in services.TRANSITIONS.items()},
         "progress": round(100 * search.children_done / search.children_total) if search.children_total else 0,
+        "live": live,
     }
     return render(request, "front/search_detail.html", context)
+
+
+def _planned_epochs(search: Search) -> int | None:
+    child = search.spec.get("child") if isinstance(search.spec, dict) else None
+    epochs = child.get("epochs") if isinstance(child, dict) else None
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+
+
+def _is_rl(search: Search) -> bool:
+    strategy = search.spec.get("strategy") if isinstance(search.spec, dict) else None
+    name = strategy.get("name") if isinstance(strategy, dict) else strategy
+    return name in charts.RL_STRATEGIES
+
+
+def _epoch_progress(run, planned: int | None) -> tuple[int, int | None]:
+    """(epochs done, epochs planned) of a child run, from its latest epoch row."""
+    epochs = run.epochs if run is not None and isinstance(run.epochs, list) else []
+    last = epochs[-1] if epochs and isinstance(epochs[-1], dict) else {}
+    done, total = _number(last.get("epoch")), _number(last.get("epochs"))
+    return int(done or 0), int(total) if total else planned
 
 
 @login_required
@@ -110,6 +193,121 @@ def search_action(request: HttpRequest, search_id: int, action: str) -> HttpResp
     else:
         messages.success(request, f"Search is now {search.status}.")
     return redirect("front:search", search_id=search.id)
+
+
+CONTROLLER_FIELDS = ("step", "loss", "entropy", "baseline", "mean_reward")
+RECENT_FINISHED = 200  # ids of the latest finished children, sent so the page never plots one twice
+
+
+def _chart_state(user, search_id: int) -> dict:
+    search = get_object_or_404(
+        Search.objects.for_user(user).select_related("best_architecture").defer("checkpoint"), pk=search_id
+    )
+    # First the last event seq: everything below is at least as new, so a client that asks
+    # for the events after it misses nothing. It may get an event already reflected here: a
+    # worker commits a run's result just before its child.finished event (and without the
+    # REPEATABLE READ snapshot, rows may be newer still). The page skips the reward of an
+    # architecture listed in `recent`; status events carry the whole state anyway.
+    last_seq = SearchEvent.objects.filter(search_id=search.id).aggregate(last=Max("seq"))["last"] or 0
+    runs = m.ChildRun.objects.filter(
+        architecture__search_id=search.id, status__in=(m.RUN_SUCCEEDED, m.RUN_REUSED), reward__isnull=False
+    )
+    rows = list(
+        runs.order_by("architecture__sample_index").values_list(
+            "architecture__sample_index", "reward", "architecture_id", "finished_at"
+        )
+    )
+    rewards = charts.reward_series([(index, reward) for index, reward, _, _ in rows])
+    latest = heapq.nlargest(RECENT_FINISHED, rows, key=lambda r: (r[3] is not None, r[3] and r[3].timestamp(), r[2]))
+    rewards["recent"] = [r[2] for r in latest]
+    data = {
+        "search": search.id,
+        "last_seq": last_seq,
+        "status": live_events.status(search)[1],
+        "best_sample_index": search.best_architecture.sample_index if search.best_architecture else None,
+        "rewards": rewards,
+        "children": _children_snapshot(search),
+        "rl": _is_rl(search),
+        "controller": None,
+        "policy": None,
+    }
+    if data["rl"]:
+        updates = SearchEvent.objects.filter(search_id=search.id, type=live_events.CONTROLLER, seq__lte=last_seq)
+        if connection.vendor == "postgresql":  # one read of each (large) payload, less its policy
+            small = updates.annotate(small=RawSQL("payload - 'policy'", (), output_field=JSONField()))
+            payloads = small.order_by("seq").values_list("small", flat=True)
+            history = [tuple(p.get(f) for f in CONTROLLER_FIELDS) for p in payloads]
+        else:
+            history = updates.order_by("seq").values_list(*(KeyTransform(f, "payload") for f in CONTROLLER_FIELDS))
+        history = charts.thin([tuple(row) for row in history])
+        data["controller"] = {f: [row[i] for row in history] for i, f in enumerate(CONTROLLER_FIELDS)}
+        latest = updates.order_by("-seq").values_list(*(KeyTransform(f, "payload") for f in ("step", "policy")))
+        step, policy = latest.first() or (None, None)
+        data["policy"] = _policy(search, step, policy)
+    return data
+
+
+def _policy(search: Search, step, probs) -> dict:
+    try:
+        space = SearchSpace.from_dict((search.spec or {}).get("space"))
+    except SpaceError:
+        space = SearchSpace()
+    labels, options = charts.policy_labels(space)
+    return {"step": step, "probs": probs if isinstance(probs, list) else None, "labels": labels, "options": options}
+
+
+def _children_snapshot(search: Search) -> list[dict]:
+    """The latest architectures as the live table shows them."""
+    planned = _planned_epochs(search)
+    archs = search.architectures.prefetch_related("runs").order_by("-sample_index")[:ARCHITECTURES_PER_PAGE]
+    out = []
+    for a in archs:
+        run = next(iter(a.runs.all()), None)
+        epoch, epochs = _epoch_progress(run, planned)
+        out.append(
+            {
+                "architecture": a.id,
+                "sample_index": a.sample_index,
+                "status": run.status if run else None,
+                "epoch": epoch,
+                "epochs": epochs,
+                "reward": run.reward if run and run.reward is not None else a.reward,
+                "params": a.params,
+                "mult_adds": a.mult_adds,
+            }
+        )
+    return out
+
+
+@login_required
+def search_chart(request: HttpRequest, search_id: int) -> HttpResponse:
+    """/searches/<id>/chart.json: the state of the live page's charts, reduced on the server
+    (charts.py), with `last_seq`, the live event the page asks the websocket to continue after.
+    On PostgreSQL it is read in one REPEATABLE READ snapshot, so last_seq and the rows agree."""
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            data = _chart_state(request.user, search_id)
+    else:
+        data = _chart_state(request.user, search_id)
+    return JsonResponse(data)
+
+
+@login_required
+def architecture_cells_svg(request: HttpRequest, arch_id: int) -> HttpResponse:
+    """/architectures/<id>/cells.svg: both cells, drawn by the renderer (which escapes every
+    text it draws); loaded by the live search page when the best architecture changes."""
+    arch = _architecture(request, arch_id)
+    try:
+        genotype = Genotype.from_dict(arch.genotype)
+    except GenotypeError as exc:
+        raise Http404("this genotype cannot be drawn") from exc
+    response = HttpResponse(render_genotype_svg(genotype), content_type="image/svg+xml; charset=utf-8")
+    # Opened on its own, the drawing may run nothing and load nothing.
+    response["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 def _architecture(request: HttpRequest, arch_id: int) -> Architecture:
@@ -128,22 +326,76 @@ def _metric(column: str, value: object) -> str:
     return f"{value:.3g}" if column == "lr" else f"{value:.4f}"
 
 
-def _render_architecture(request: HttpRequest, arch: Architecture, form: TrainForm, status: int = 200):
-    run = arch.runs.first()
-    epochs = run.epochs if run and isinstance(run.epochs, list) else []
-    seen = {k for e in epochs if isinstance(e, dict) for k in e} - {"epochs"}
+def epoch_table(epochs: object) -> tuple[list[str], list[list[str]]]:
+    """The per-epoch table of a run or a job: its column keys (reading order first, then
+    any others) and the formatted rows. No epoch yet: the usual columns, no rows."""
+    epochs = [e for e in epochs if isinstance(e, dict)] if isinstance(epochs, list) else []
+    seen = {k for e in epochs for k in e} - {"epochs"}
+    if not seen:
+        return list(EPOCH_COLUMNS), []
     columns = [c for c in EPOCH_COLUMNS if c in seen] + sorted(seen - set(EPOCH_COLUMNS))
+    return columns, [[_metric(c, e.get(c)) for c in columns] for e in epochs]
+
+
+def _number(value: object) -> float | int | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (isinstance(value, int) or math.isfinite(value))
+    return value if ok else None
+
+
+def curve_points(epochs: object) -> list[dict]:
+    """What a chart needs of each epoch: {epoch, val_acc, train_loss} (numbers or None)."""
+    epochs = epochs if isinstance(epochs, list) else []
+    points = [{k: _number(e.get(k)) for k in ("epoch", "val_acc", "train_loss")} for e in epochs if isinstance(e, dict)]
+    return [p for p in points if p["epoch"] is not None]
+
+
+def last_event_seq(search_id: int | None) -> int:
+    """The search's latest stored live event: a page read after it asks for what follows."""
+    if search_id is None:
+        return 0
+    return SearchEvent.objects.filter(search_id=search_id).aggregate(last=Max("seq"))["last"] or 0
+
+
+def job_progress(job: TrainingJob) -> tuple[int | None, int | None]:
+    """(latest epoch, epochs planned) of a training job."""
+    epochs = job.epochs if isinstance(job.epochs, list) else []
+    last = epochs[-1] if epochs and isinstance(epochs[-1], dict) else {}
+    recipe = job.recipe if isinstance(job.recipe, dict) else {}
+    return _number(last.get("epoch")), _number(last.get("epochs") or recipe.get("epochs"))
+
+
+def _render_architecture(request: HttpRequest, arch: Architecture, form: TrainForm, status: int = 200):
+    after = last_event_seq(arch.search_id)  # before the rows: an event in between arrives twice, never lost
+    run = arch.runs.first()
+    columns, rows = epoch_table(run.epochs if run else [])
+    jobs = (
+        TrainingJob.objects.for_user(request.user)
+        .filter(architecture=arch)
+        .defer("genotype", "dataset")
+        .order_by("-created_at", "-id")[:20]
+    )
+    job_rows = [(job, *job_progress(job)) for job in jobs]
+    live = {
+        "architecture": arch.id,
+        "search": arch.search_id,
+        "after": after,
+        "points": curve_points(run.epochs if run else []),
+        "columns": columns,
+        "jobs": [job.id for job, _, _ in job_rows],
+    }
     context = {
         "column_keys": columns,
         "arch": arch,
         "search": arch.search,
         "run": run,
         "columns": [c.replace("_", " ") for c in columns],
-        "epoch_rows": [[_metric(c, e.get(c)) for c in columns] for e in epochs if isinstance(e, dict)],
+        "epoch_rows": rows,
         "svg": cells_svg(arch.genotype),
         "genotype_json": json.dumps(arch.genotype, indent=2),
         "form": form,
-        "jobs": arch.training_jobs.order_by("-created_at")[:20],
+        "jobs": job_rows,
+        "live": live,
     }
     return render(request, "front/architecture_detail.html", context, status=status)
 

@@ -160,7 +160,10 @@ def sampled(arch) -> tuple[str, dict]:
         "architecture": arch.id,
         "sample_index": arch.sample_index,
         "canonical_hash": arch.canonical_hash,
-        "url": f"/architectures/{arch.id}",  # the page that draws its cells (SVG)
+        "params": arch.params,
+        "mult_adds": arch.mult_adds,
+        "url": f"/architectures/{arch.id}",  # its page
+        "svg": f"/architectures/{arch.id}/cells.svg",  # both cells drawn (image/svg+xml)
     }
 
 

@@ -88,7 +88,18 @@ def submit_search(*, user, team: Team, name: str, spec_data: object) -> m.Search
             team=team, owner=user, name=name, spec=spec.to_dict(), children_total=spec.children
         )
         queue_task(TASK_ADVANCE, search.id)
-    log.info("search %s submitted by %s for team %s: %s", search.id, user, team, name)
+    log.info(
+        "search %s submitted by %s for team %s: %r, %s on %s (%s), %d children, %d in parallel",
+        search.id,
+        user,
+        team,
+        name,
+        spec.strategy,
+        spec.dataset["name"],
+        spec.objective["name"],
+        spec.children,
+        spec.parallel,
+    )
     return search
 
 
@@ -107,13 +118,13 @@ def transition(search: m.Search, action: str) -> m.Search:
         row = m.Search.objects.select_for_update().get(pk=search.pk)
         if row.status not in allowed:
             raise ServiceError("status", f"cannot {action} a {row.status} search", status=409)
-        row.status = target
+        old, row.status = row.status, target
         if action == "resume" and row.started_at is None:
             row.status = m.QUEUED
         row.save(update_fields=["status", "updated_at"])
         live.publish_many(row.id, [live.status(row)])
         queue_task(TASK_ADVANCE, row.id)
-    log.info("search %s: %s -> %s", row.id, action, row.status)
+    log.info("search %s: %s (%s -> %s)", row.id, action, old, row.status)
     return row
 
 
@@ -127,6 +138,7 @@ def requeue_failed_runs(search: m.Search) -> int:
         )
         count = runs.update(status=m.RUN_QUEUED, attempt=0, error="", lease_expires_at=None, worker="")
         queue_task(TASK_ADVANCE, search.id)
+    log.info("search %s: %d failed child runs queued again", search.id, count)
     return count
 
 
@@ -163,5 +175,13 @@ def create_training_job(
             recipe=parsed_recipe.to_dict(),
         )
         queue_task(TASK_TRAIN_JOB, job.id)
-    log.info("training job %s submitted by %s for team %s", job.id, user, team)
+    log.info(
+        "training job %s submitted by %s for team %s: %r on %s, %d epochs",
+        job.id,
+        user,
+        team,
+        job.name,
+        spec.dataset["name"],
+        parsed_recipe.epochs,
+    )
     return job
