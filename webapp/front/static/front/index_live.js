@@ -40,39 +40,20 @@
     }
   }
 
+  // live_socket.js without catch_up (after: null); backoff from 2 s up to 60 s.
   function watch(row) {
     var id = Number(row.getAttribute("data-search"));
-    var backoff = 2000;
-    var ended = false;
-    var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
-
-    function connect() {
-      var ws = new WebSocket(scheme + window.location.host + "/ws/searches/" + id + "/");
-      ws.onopen = function () {
-        backoff = 2000;
-      };
-      ws.onmessage = function (event) {
-        var msg;
-        try {
-          msg = JSON.parse(event.data);
-        } catch (err) {
-          return;
-        }
-        if (!msg || msg.type !== "search.status" || typeof msg.status !== "string") return;
+    var socket = window.NasLive.connect("/ws/searches/" + id + "/", {
+      after: null,
+      backoff: 2000,
+      maxBackoff: 60000,
+      jitter: 1000,
+      onEvent: function (msg) {
+        if (msg.type !== "search.status" || typeof msg.status !== "string") return;
         apply(row, msg);
-        if (DONE.indexOf(msg.status) >= 0) {
-          ended = true;
-          ws.close();
-        }
-      };
-      ws.onclose = function () {
-        if (ended) return;
-        setTimeout(connect, backoff + Math.random() * 1000);
-        backoff = Math.min(backoff * 2, 60000);
-      };
-    }
-
-    connect();
+        if (DONE.indexOf(msg.status) >= 0) socket.close();
+      },
+    });
   }
 
   document.querySelectorAll("#searches tr[data-search][data-live]").forEach(watch);

@@ -7,6 +7,7 @@
  * 3. Apply every event exactly once, in seq order: an older seq is a duplicate, a newer
  *    one than expected arrived live ahead of the catch-up and comes again in order.
  * 4. On close, reconnect with backoff and catch up after the last seq applied.
+ * Steps 2 to 4 are live_socket.js's (window.NasLive.connect), loaded before this script.
  *
  * Plain JS, no build step. Text from the server (names, statuses) only ever goes through
  * textContent or attributes, never innerHTML.
@@ -17,7 +18,6 @@
   var config = JSON.parse(document.getElementById("live-config").textContent);
   var REWARDED = ["succeeded", "reused"];
   var RENDER_DELAY = 300; // ms: events are batched into one redraw
-  var GAP_WAIT = 5000; // ms an event ahead of the expected seq may wait for the missing ones
 
   var el = {
     reward: document.getElementById("reward-chart"),
@@ -37,11 +37,6 @@
     tbody: document.querySelector("#children tbody"),
     childrenEmpty: document.getElementById("children-empty"),
   };
-
-  var lastSeq = 0;
-  var socket = null;
-  var backoff = 1000;
-  var gapTimer = null;
 
   // -- state of the charts -----------------------------------------------------------------
   var rewards = { x: [], y: [], plotted: new Set(), maxX: null };
@@ -116,6 +111,9 @@
 
   function plot(target, traces, layout) {
     if (!target || typeof Plotly === "undefined") return;
+    // Shown before drawing: Plotly sizes a chart from its container, and a hidden one
+    // (the controller and policy charts until the first update) would get a fixed 700 px.
+    target.classList.add("drawn");
     try {
       Plotly.react(target, traces, layout, { responsive: true, displaylogo: false });
     } catch (err) {
@@ -132,7 +130,7 @@
       margin: { l: 52, r: 16, t: 8, b: 40 },
       legend: { orientation: "h", x: 0, y: 1.12 },
       xaxis: { title: { text: xTitle }, zeroline: false },
-      yaxis: { title: { text: yTitle }, zeroline: false },
+      yaxis: { title: { text: yTitle }, zeroline: false, automargin: true },
       hovermode: "closest",
       uirevision: "keep", // zoom and hidden traces survive updates
     };
@@ -186,7 +184,9 @@
     if (!ctl.step.length) return;
     hide("controller-empty");
     var layout = baseLayout("update step", "entropy");
-    layout.yaxis2 = { title: { text: "loss · baseline" }, overlaying: "y", side: "right", zeroline: false };
+    layout.yaxis2 = {
+      title: { text: "loss · baseline" }, overlaying: "y", side: "right", zeroline: false, automargin: true,
+    };
     layout.margin.r = 52;
     var line = function (name, y, color, axis) {
       return {
@@ -461,61 +461,11 @@
     }
   }
 
-  function receive(msg) {
-    if (!msg || typeof msg.seq !== "number") return; // {"type": "error", ...}
-    if (msg.seq <= lastSeq) return; // already applied
-    if (msg.seq > lastSeq + 1) {
-      // Live, ahead of the catch-up: it comes again in order. Should the missing ones never
-      // come, start over from the last applied seq.
-      if (gapTimer === null) {
-        var waitingFor = msg.seq;
-        gapTimer = setTimeout(function () {
-          gapTimer = null;
-          if (lastSeq < waitingFor && socket) socket.close();
-        }, GAP_WAIT);
-      }
-      return;
-    }
-    lastSeq = msg.seq;
-    try {
-      apply(msg);
-    } catch (err) {
-      console.error("event not applied", msg.type, err); // eslint-disable-line no-console
-    }
-  }
-
   function setLive(text) {
     if (el.live) {
       el.live.textContent = text;
       el.live.classList.toggle("on", text === "live");
     }
-  }
-
-  function connect() {
-    var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
-    var ws = new WebSocket(scheme + window.location.host + config.ws_path);
-    socket = ws;
-    ws.onopen = function () {
-      backoff = 1000; // refused connections never open (the server closes before the handshake)
-      setLive("live");
-      ws.send(JSON.stringify({ type: "catch_up", after: lastSeq }));
-    };
-    ws.onmessage = function (event) {
-      var msg;
-      try {
-        msg = JSON.parse(event.data);
-      } catch (err) {
-        return;
-      }
-      receive(msg);
-    };
-    ws.onclose = function () {
-      if (socket !== ws) return;
-      socket = null;
-      setLive("reconnecting…");
-      setTimeout(connect, backoff + Math.random() * 500);
-      backoff = Math.min(backoff * 2, 30000);
-    };
   }
 
   // -- page load -----------------------------------------------------------------------------
@@ -543,7 +493,6 @@
     }
     loadChildren(state.children || []);
     applyStatus(state.status);
-    lastSeq = state.last_seq;
     dirty = { reward: true, controller: !!state.controller, policy: !!(policy && policy.probs) };
     renderAll();
   }
@@ -556,7 +505,7 @@
       })
       .then(function (state) {
         load(state);
-        connect();
+        window.NasLive.connect(config.ws_path, { after: state.last_seq, onEvent: apply, onState: setLive });
       })
       .catch(function (err) {
         console.warn(err); // eslint-disable-line no-console
