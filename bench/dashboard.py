@@ -92,11 +92,6 @@ def free_port() -> int:
 # --layer: the project's settings with another channel layer, from a settings module written
 # to a temporary folder. "redis": the project's own (channels_redis core) as configured.
 LAYER_SETTINGS = {
-    # the core layer with no client-side read timeout: redis-py 8 defaults to 5 s, which
-    # equals channels_redis' 5 s BZPOPMIN, so an idle consumer dies with "Timeout reading"
-    "redis-no-timeout": """
-CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [{"address": REDIS_URL, "socket_timeout": None}]  # noqa: F405
-""",
     # Redis Pub/Sub: one message per process per group_send, fanned out to the local consumers
     "pubsub": """
 CHANNEL_LAYERS = {
@@ -611,8 +606,7 @@ def main() -> int:
         "--layer",
         choices=["redis", *LAYER_SETTINGS],
         default="redis",
-        help="the channel layer: the project's (channels_redis core), the same without redis-py's 5 s read "
-        "timeout, or channels_redis' Pub/Sub layer",
+        help="the channel layer: the project's (channels_redis core) or channels_redis' Pub/Sub layer",
     )
     parser.add_argument("--settings", metavar="MODULE", help="DJANGO_SETTINGS_MODULE of all processes (not --layer)")
     parser.add_argument(
