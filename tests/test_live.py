@@ -323,3 +323,25 @@ def test_a_training_job_publishes_its_progress_to_the_search(layer, personas, se
     assert events[-1]["status"] == job.status == m.RUN_SUCCEEDED
     assert events[-1]["architecture"] == arch.id and events[-1]["reward"] == job.reward
     assert any(e["epoch"] == 1 and e["epochs"] == 1 for e in events)
+
+
+def test_a_member_who_leaves_the_team_is_disconnected(layer, personas, search, monkeypatch):
+    from webapp.accounts.models import Membership
+    from webapp.live.consumers import SearchEventsConsumer
+
+    headers = login(personas.member)
+    monkeypatch.setattr(SearchEventsConsumer, "RECHECK_SECONDS", 0.0)  # check on every event
+
+    @async_to_sync
+    async def scenario():
+        ws = communicator(search.id, headers)
+        connected, _ = await ws.connect(timeout=TIMEOUT)
+        assert connected
+        await apublish(search.id, *progress(1))
+        assert (await ws.receive_json_from(timeout=TIMEOUT))["seq"] == 1  # still a member
+        await sync_to_async(Membership.objects.filter(user=personas.member, team=personas.alpha).delete)()
+        await apublish(search.id, *progress(2))
+        closed = await ws.receive_output(timeout=TIMEOUT)
+        assert closed == {"type": "websocket.close", "code": 4403}
+
+    scenario()

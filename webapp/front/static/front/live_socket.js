@@ -22,6 +22,7 @@
  */
 (function () {
   "use strict";
+  var FORBIDDEN = 4403; // close code of a socket whose user lost access (webapp/live/consumers.py)
 
   var GAP_WAIT = 5000; // ms an event ahead of the expected seq may wait for the missing ones
 
@@ -102,10 +103,15 @@
         }
         receive(msg);
       };
-      ws.onclose = function () {
+      ws.onclose = function (event) {
         if (socket !== ws) return;
         socket = null;
         if (ended) return;
+        if (event && event.code === FORBIDDEN) {
+          ended = true; // access was withdrawn (left the team): asking again would be refused
+          state("no access", false);
+          return;
+        }
         state("reconnecting…", false);
         setTimeout(open, backoff + Math.random() * jitter);
         backoff = Math.min(backoff * 2, maxBackoff);
