@@ -127,3 +127,31 @@ def test_a_training_job_writes_its_bundle(db, settings, tmp_path):
     bundle = tmp_path / job.bundle_path
     assert {p.name for p in bundle.iterdir()} >= {"genotype.json", "recipe.json", "metrics.json", "weights.pt"}
     assert json.loads((bundle / "genotype.json").read_text()) == genotype
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_lease_is_kept_while_a_slow_data_set_loads(settings):
+    """lease_kept heartbeats from its own thread (its own connection: committed rows only)."""
+    import time
+
+    from django.contrib.auth.models import User
+
+    from webapp.accounts.models import ROLE_OWNER, Membership, Team
+    from webapp.searches import models as m
+    from webapp.searches.services import submit_search
+    from workers import child, orchestrator
+
+    settings.NAS_LEASE_SECONDS = 1.5  # a heartbeat every 0.5 s
+    team = Team.objects.create(name="alpha")
+    user = User.objects.create_user("owner", password="pw-owner-123")
+    Membership.objects.create(user=user, team=team, role=ROLE_OWNER)
+    search = submit_search(user=user, team=team, name="s", spec_data=SPEC)
+    orchestrator.advance(search.id)
+    run = child.claim(m.ChildRun.objects.filter(architecture__search=search).order_by("id").first().id)
+    first_expiry = run.lease_expires_at
+    with child.lease_kept(child._ours(run), "test"):
+        time.sleep(2.0)  # longer than the lease: without heartbeats the reaper could take it
+    run.refresh_from_db()
+    assert run.lease_expires_at > first_expiry + timedelta(seconds=1)
+    assert run.lease_expires_at > timezone.now()  # still ours
+    assert orchestrator.reap()["requeued"] == []

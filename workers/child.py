@@ -14,14 +14,17 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 from django.conf import settings
+from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
@@ -93,6 +96,33 @@ def claim(run_id: int) -> m.ChildRun | None:
     if not updated:
         return None
     return m.ChildRun.objects.select_related("architecture__search").get(pk=run_id)
+
+
+@contextmanager
+def lease_kept(ours, label: str) -> Iterator[None]:
+    """Heartbeats from a thread while the worker does something long that reports no
+    progress: decoding a large image folder the first time can outlast the lease, and the
+    reaper would hand the run to another worker meanwhile."""
+    every = min(5.0, settings.NAS_LEASE_SECONDS / 3)
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(every):
+                if not ours.update(heartbeat_at=timezone.now(), lease_expires_at=_lease_end()):
+                    return  # no longer ours: the training that follows notices and stops
+        except Exception:  # noqa: BLE001 - the lease then runs out and the run is requeued
+            log.warning("%s: heartbeat while loading data failed", label, exc_info=True)
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=beat, name=f"lease {label}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _ours(run: m.ChildRun):
@@ -225,7 +255,8 @@ def run_child(run_id: int) -> None:
                 arch.search_id, *live.progress(arch.id, arch.sample_index, epochs[-1])
             ),
         )
-        data = dataset_for(spec.dataset, spec.seed)
+        with lease_kept(_ours(run), f"child run {run.pk}"):
+            data = dataset_for(spec.dataset, spec.seed)
         result = train_child(genotype, spec.child, data, device=device(), reporter=reporter)
     except Exception as exc:
         log.exception("child run %s: training raised", run.pk)
@@ -260,7 +291,8 @@ def run_training_job(job_id: int) -> None:
     _publish_job(job_id)
     try:
         genotype, recipe = Genotype.from_dict(job.genotype), Recipe.from_dict(job.recipe)
-        data = dataset_for(job.dataset, recipe.seed)
+        with lease_kept(ours, f"training job {job_id}"):
+            data = dataset_for(job.dataset, recipe.seed)
         reporter = LeaseReporter(ours, f"training job {job_id}", on_epochs=lambda epochs: _publish_job(job_id))
         result = train_child(genotype, recipe, data, device=device(), reporter=reporter, keep_model=True)
         if reporter.lost:
