@@ -35,7 +35,6 @@ import random
 import re
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -81,12 +80,6 @@ def redis_cpu_seconds(url: str) -> float:
 
     info = redis.Redis.from_url(url).info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --layer: the project's settings with another channel layer, from a settings module written
@@ -339,45 +332,6 @@ def existing(n: int) -> dict:
         "running": list(running),
         "timings": {},
     }
-
-
-# -- the server ---------------------------------------------------------------------------------
-class Daphne:
-    def __init__(self, env: dict, profile: str | None = None):
-        self.port = free_port()
-        self.log = Path(tempfile.mkstemp(prefix="bench-dashboard-daphne-", suffix=".log")[1])
-        self._file = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
-        cmd = [str(Path(sys.executable).parent / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), "-v", "0"]
-        if profile:  # written when daphne exits (SIGTERM stops it cleanly)
-            cmd = [sys.executable, "-m", "cProfile", "-o", profile, *cmd]
-        self.proc = subprocess.Popen(
-            [*cmd, "webapp.asgi:application"], cwd=ROOT, env=env, stdout=self._file, stderr=subprocess.STDOUT
-        )
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daphne exited: {self.log.read_text(errors='replace')[-3000:]}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                conn.request("GET", "/accounts/login/")
-                if conn.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"daphne not ready: {self.log.read_text(errors='replace')[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._file.close()
 
 
 class Browser:
@@ -648,9 +602,11 @@ def main() -> int:
     from django.db import connection
 
     connection.close()  # the bench holds no connection while measuring
-    daphne = Daphne(env, args.profile_daphne)
+    from tests.e2e_support import Daphne  # the browser test's launcher
+
+    daphne = Daphne(env, quiet=True, profile=args.profile_daphne, log_prefix="bench-dashboard-daphne-")
     try:
-        daphne.wait_ready()
+        daphne.start()
         browser = Browser(daphne.port)
         browser.login(USERNAME, PASSWORD)
         sid, aid = info["search"], info["architecture"]

@@ -38,20 +38,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def daphne_command(port: int) -> list[str]:
+def daphne_command(port: int, quiet: bool = False, profile: str | None = None) -> list[str]:
+    """`quiet`: no access log. `profile`: run under cProfile, stats written to that file
+    when daphne exits (SIGTERM stops it cleanly)."""
     exe = Path(sys.executable).parent / "daphne"
-    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "daphne"]
-    return [*base, "-b", "127.0.0.1", "-p", str(port), "webapp.asgi:application"]
+    if profile:
+        base = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "daphne"]
+    else:
+        base = [str(exe)] if exe.exists() else [sys.executable, "-m", "daphne"]
+    verbosity = ["-v", "0"] if quiet else []
+    return [*base, "-b", "127.0.0.1", "-p", str(port), *verbosity, "webapp.asgi:application"]
 
 
 class Daphne:
-    """daphne webapp.asgi:application on a free port; its output goes to a log file."""
+    """daphne webapp.asgi:application on a free port; its output goes to a log file.
+    Used by the browser test and by bench/dashboard.py (`quiet`, `profile`: daphne_command)."""
 
-    def __init__(self, env: dict, ready_timeout: float = 60.0):
+    def __init__(
+        self,
+        env: dict,
+        ready_timeout: float = 60.0,
+        quiet: bool = False,
+        profile: str | None = None,
+        log_prefix: str = "e2e-daphne-",
+    ):
         self.env, self.ready_timeout = env, ready_timeout
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.log = Path(tempfile.mkstemp(prefix="e2e-daphne-", suffix=".log")[1])
+        self.command = daphne_command(self.port, quiet, profile)
+        self.log = Path(tempfile.mkstemp(prefix=log_prefix, suffix=".log")[1])
         self.proc: subprocess.Popen | None = None
 
     def url(self, path: str) -> str:
@@ -59,9 +74,7 @@ class Daphne:
 
     def start(self) -> Daphne:
         self._file = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            daphne_command(self.port), cwd=ROOT, env=self.env, stdout=self._file, stderr=subprocess.STDOUT
-        )
+        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=self._file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

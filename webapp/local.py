@@ -289,10 +289,10 @@ def demo_search(args: argparse.Namespace, creds: dict):
 
 # -- child processes ----------------------------------------------------------------------------
 def plan(args: argparse.Namespace, state: Path) -> list[tuple[str, list[str], dict]]:
-    from workers.__main__ import commands
+    from workers.__main__ import commands, parse_args
 
-    quiet = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-    base = dict(gpus=args.gpus, concurrency=1, loglevel="INFO", celery_args=quiet)
+    gpus = ["--gpus", args.gpus] if args.gpus else []
+    quiet = ["--", "--without-gossip", "--without-mingle", "--without-heartbeat"]
     out = [
         (
             "web",
@@ -300,10 +300,10 @@ def plan(args: argparse.Namespace, state: Path) -> list[tuple[str, list[str], di
             {},
         )
     ]
-    for cmd, env in commands(argparse.Namespace(role="controller", **base)):
+    for cmd, env in commands(parse_args(["controller", *quiet])):
         # beat inside the controller worker: the reaper, with its schedule in the state dir
         out.append(("controller", [*cmd, "-B", "-s", str(state / "celerybeat-schedule")], env))
-    for i, (cmd, env) in enumerate(commands(argparse.Namespace(role="gpu", **base))):
+    for i, (cmd, env) in enumerate(commands(parse_args(["gpu", *gpus, *quiet]))):
         out.append((f"gpu{i}" if env.get("CUDA_VISIBLE_DEVICES") else "cpu", cmd, env))
     return out
 

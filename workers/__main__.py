@@ -47,7 +47,7 @@ def commands(args: argparse.Namespace) -> list[tuple[list[str], dict]]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__.split("\n\n")[0])
     parser.add_argument("role", choices=("controller", "gpu", "beat", "all"), help="which processes to start")
     parser.add_argument("--gpus", help="comma-separated GPU ids for gpu-queue workers (default: all visible)")
@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     cut = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:cut])
     args.celery_args = argv[cut + 1 :]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     plan = commands(args)
     if args.dry_run:
         for cmd, env in plan:

@@ -21,7 +21,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
 from webapp.accounts.models import Team
-from webapp.front.views import cells_svg, curve_points, epoch_table, job_progress, last_event_seq
+from webapp.front.views import cells_svg, curve_points, epoch_table, job_progress
+from webapp.live.events import last_stored_seq
 from webapp.searches.models import RUN_ACTIVE, RUN_SUCCEEDED, Architecture, Search, TrainingJob
 
 LEADERBOARD_PER_PAGE = 50
@@ -163,7 +164,7 @@ def training_job(request: HttpRequest, job_id: int) -> HttpResponse:
     if job.architecture_id is not None:
         arch = Architecture.objects.for_user(request.user).select_related("search").filter(pk=job.architecture_id)
         arch = arch.first()
-    after = last_event_seq(arch.search_id if arch else None)
+    after = last_stored_seq(arch.search_id if arch else None)
     job.refresh_from_db(fields=LIVE_FIELDS)  # read after the seq: an event in between arrives twice, never lost
     columns, rows = epoch_table(job.epochs)
     epoch, epochs = job_progress(job)

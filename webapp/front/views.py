@@ -35,7 +35,7 @@ from webapp.live import events as live_events
 from webapp.live.models import SearchEvent
 from webapp.searches import models as m
 from webapp.searches import services
-from webapp.searches.models import Architecture, Search, TrainingJob
+from webapp.searches.models import Architecture, Search, TrainingJob, latest_epoch
 
 ARCHITECTURES_PER_PAGE = 25
 SEARCHES_PER_PAGE = 50
@@ -86,7 +86,6 @@ def index(request: HttpRequest) -> HttpResponse:
     sparks = sparklines(list(page))
     for search in page:
         search.spark = mark_safe(sparks.get(search.id, ""))  # noqa: S308 - numbers only (charts.sparkline_svg)
-        search.progress = round(100 * search.children_done / search.children_total) if search.children_total else 0
         search.is_active = search.status in m.SEARCH_ACTIVE
     return render(request, "front/index.html", {"page": page})
 
@@ -154,7 +153,7 @@ def search_detail(request: HttpRequest, search_id: int) -> HttpResponse:
         "best_svg": cells_svg(best.genotype) if best else None,
         "spec_json": json.dumps(search.spec, indent=2),
         "actions": {a: search.status in allowed for a, (allowed, _) in services.TRANSITIONS.items()},
-        "progress": round(100 * search.children_done / search.children_total) if search.children_total else 0,
+        "progress": search.progress,
         "live": live,
     }
     return render(request, "front/search_detail.html", context)
@@ -174,8 +173,7 @@ def _is_rl(search: Search) -> bool:
 
 def _epoch_progress(run, planned: int | None) -> tuple[int, int | None]:
     """(epochs done, epochs planned) of a child run, from its latest epoch row."""
-    epochs = run.epochs if run is not None and isinstance(run.epochs, list) else []
-    last = epochs[-1] if epochs and isinstance(epochs[-1], dict) else {}
+    last = latest_epoch(run.epochs) if run is not None else {}
     done, total = _number(last.get("epoch")), _number(last.get("epochs"))
     return int(done or 0), int(total) if total else planned
 
@@ -208,7 +206,7 @@ def _chart_state(user, search_id: int) -> dict:
     # worker commits a run's result just before its child.finished event (and without the
     # REPEATABLE READ snapshot, rows may be newer still). The page skips the reward of an
     # architecture listed in `recent`; status events carry the whole state anyway.
-    last_seq = SearchEvent.objects.filter(search_id=search.id).aggregate(last=Max("seq"))["last"] or 0
+    last_seq = live_events.last_stored_seq(search.id)
     runs = m.ChildRun.objects.filter(
         architecture__search_id=search.id, status__in=(m.RUN_SUCCEEDED, m.RUN_REUSED), reward__isnull=False
     )
@@ -350,23 +348,16 @@ def curve_points(epochs: object) -> list[dict]:
     return [p for p in points if p["epoch"] is not None]
 
 
-def last_event_seq(search_id: int | None) -> int:
-    """The search's latest stored live event: a page read after it asks for what follows."""
-    if search_id is None:
-        return 0
-    return SearchEvent.objects.filter(search_id=search_id).aggregate(last=Max("seq"))["last"] or 0
-
-
 def job_progress(job: TrainingJob) -> tuple[int | None, int | None]:
     """(latest epoch, epochs planned) of a training job."""
-    epochs = job.epochs if isinstance(job.epochs, list) else []
-    last = epochs[-1] if epochs and isinstance(epochs[-1], dict) else {}
+    last = latest_epoch(job.epochs)
     recipe = job.recipe if isinstance(job.recipe, dict) else {}
     return _number(last.get("epoch")), _number(last.get("epochs") or recipe.get("epochs"))
 
 
 def _render_architecture(request: HttpRequest, arch: Architecture, form: TrainForm, status: int = 200):
-    after = last_event_seq(arch.search_id)  # before the rows: an event in between arrives twice, never lost
+    # Read before the rows: an event in between arrives twice (dropped by seq), never lost.
+    after = live_events.last_stored_seq(arch.search_id)
     run = arch.runs.first()
     columns, rows = epoch_table(run.epochs if run else [])
     jobs = (

@@ -22,8 +22,10 @@ import threading
 from collections.abc import Iterable
 
 from django.db import connection, transaction
+from django.db.models import Max
 
 from webapp.live.models import SearchEvent, SearchEventCounter
+from webapp.searches.models import latest_epoch
 
 log = logging.getLogger("nasnet.live")
 
@@ -62,6 +64,14 @@ def allocate(search_id: int, n: int) -> int:
             [search_id, n],
         )
         return cursor.fetchone()[0]
+
+
+def last_stored_seq(search_id: int | None) -> int:
+    """The highest seq of the search's committed events (0: none). State read after it is at
+    least as new, so a client asking for the events after it misses nothing."""
+    if search_id is None:
+        return 0
+    return SearchEvent.objects.filter(search_id=search_id).aggregate(last=Max("seq"))["last"] or 0
 
 
 def publish(search_id: int, type: str, payload: dict) -> list[dict]:
@@ -210,8 +220,7 @@ POLICY_DIGITS = 4  # 50 decisions x up to 13 options: about 3 kB per update
 
 def job_progress(job) -> tuple[str, dict]:
     """A TrainingJob row (its latest epoch, if any), for the search its architecture came from."""
-    epochs = job.epochs if isinstance(job.epochs, list) else []
-    last = epochs[-1] if epochs and isinstance(epochs[-1], dict) else {}
+    last = latest_epoch(job.epochs)
     return JOB, {
         "job": job.id,
         "architecture": job.architecture_id,

@@ -30,9 +30,9 @@ import logging
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer
 from django.conf import settings
-from django.db.models import Max, Q
+from django.db.models import Q
 
-from webapp.live.events import group_name
+from webapp.live.events import group_name, last_stored_seq
 from webapp.live.models import SearchEvent
 
 log = logging.getLogger("nasnet.live")
@@ -41,9 +41,7 @@ RELAYED = "relayed"  # marks the messages the relay sends
 BATCH = 1000  # rows read per poll at most; the rest comes on the next poll
 
 
-@database_sync_to_async
-def last_seq(search_id: int) -> int:
-    return SearchEvent.objects.filter(search_id=search_id).aggregate(last=Max("seq"))["last"] or 0
+last_seq = database_sync_to_async(last_stored_seq)
 
 
 @database_sync_to_async

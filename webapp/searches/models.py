@@ -60,6 +60,12 @@ def _iso(moment) -> str | None:
     return moment.isoformat() if moment else None
 
 
+def latest_epoch(epochs: object) -> dict:
+    """The last per-epoch metrics dict of a run's or a job's `epochs` ({} when none)."""
+    last = epochs[-1] if isinstance(epochs, list) and epochs else None
+    return last if isinstance(last, dict) else {}
+
+
 class Search(models.Model):
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="searches")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="searches")
@@ -97,6 +103,11 @@ class Search(models.Model):
     @property
     def is_done(self) -> bool:
         return self.status in SEARCH_DONE
+
+    @property
+    def progress(self) -> int:
+        """Percent of the budget done (told: trained, reused or failed)."""
+        return round(100 * self.children_done / self.children_total) if self.children_total else 0
 
     def to_dict(self) -> dict:
         return {
