@@ -4,6 +4,10 @@ Researchers use the engine without the web app: list the published cells, count 
 cell's parameters and mult-adds at any N@P, draw it, train it on a data set (the
 paper's transfer step), or run a whole search locally. Bad input ends with one line
 naming the option and the reason, and exit status 2.
+
+This module holds the parser and the short commands; `commands/` holds the long ones
+(train, search) and, in `commands/options.py`, the option groups and `CliError` they
+all share. Imports go one way: cli -> commands.
 """
 
 from __future__ import annotations
@@ -14,80 +18,26 @@ import sys
 from pathlib import Path
 
 from nas_engine.cells import DESCRIPTIONS, KNOWN_CELLS
+from nas_engine.commands.options import (
+    CliError,
+    add_data_arguments,
+    add_genotype_options,
+    add_macro_options,
+    add_recipe_arguments,
+    default_stem_multiplier,
+    load_genotype,
+    resolve_n_and_f,
+)
+from nas_engine.commands.search import add_search_arguments, run_search_command
+from nas_engine.commands.train import run_train
+from nas_engine.data import DataError
 from nas_engine.genotype import Genotype, GenotypeError
-from nas_engine.network import MacroConfig, NetworkError, filters_for_penultimate, parse_n_at_p
+from nas_engine.network import MacroConfig, NetworkError
 from nas_engine.space import SpaceError
 from nas_engine.strategies import StrategyError
+from nas_engine.trainer import RecipeError
 
 EXIT_BAD_INPUT = 2
-
-
-class CliError(Exception):
-    """Bad input: printed as `error: <field>: <reason>`, exit status 2."""
-
-
-# -- shared option groups -------------------------------------------------------------------
-def add_genotype_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--cell", metavar="NAME", help=f"a published cell: {', '.join(KNOWN_CELLS)} (default nasnet_a)")
-    group.add_argument("--genotype", metavar="FILE", type=Path, help="a genotype JSON file")
-
-
-def load_genotype(args: argparse.Namespace) -> Genotype:
-    if args.genotype is not None:
-        try:
-            text = args.genotype.read_text()
-        except OSError as exc:
-            raise CliError(f"--genotype: cannot read {args.genotype}: {exc.strerror}") from None
-        try:
-            return Genotype.from_json(text)
-        except GenotypeError as exc:
-            raise CliError(f"--genotype: {args.genotype}: {exc}") from None
-    name = args.cell or "nasnet_a"
-    if name not in KNOWN_CELLS:
-        raise CliError(f"--cell: unknown cell {name!r}; known cells: {', '.join(KNOWN_CELLS)}")
-    return KNOWN_CELLS[name]
-
-
-def add_macro_options(parser: argparse.ArgumentParser, *, repeats: int, filters: int | None) -> None:
-    parser.add_argument("--macro", choices=["cifar", "imagenet"], default="cifar", help="stacking (default cifar)")
-    parser.add_argument("--n-at-p", metavar="N@P", help="the paper's notation, e.g. 6@768 (sets N and F)")
-    parser.add_argument("--repeats", "-N", type=int, default=None, help=f"normal cells per stack (default {repeats})")
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--filters", "-F", type=int, default=None, help=f"filters of the first stack (default {filters})")
-    size.add_argument("--penultimate-filters", "-P", type=int, default=None, help="P: filters of the last cell")
-    parser.add_argument(
-        "--stem-multiplier",
-        type=float,
-        default=None,
-        help="cifar: stem = x F (default 3); imagenet: stem = x 32 (default 1; 3 for the large model)",
-    )
-    parser.set_defaults(default_repeats=repeats, default_filters=filters)
-
-
-def resolve_n_and_f(args: argparse.Namespace, genotype: Genotype) -> tuple[int, int]:
-    """N and F from --n-at-p, --repeats, --filters / --penultimate-filters."""
-    repeats, penultimate = args.repeats, args.penultimate_filters
-    if args.n_at_p:
-        n, p = parse_n_at_p(args.n_at_p)
-        if repeats is not None and repeats != n:
-            raise CliError(f"--repeats: {repeats} contradicts --n-at-p {args.n_at_p}")
-        if args.filters is not None or (penultimate is not None and penultimate != p):
-            raise CliError("--n-at-p: give either N@P or --filters/--penultimate-filters, not both")
-        repeats, penultimate = n, p
-    repeats = args.default_repeats if repeats is None else repeats
-    if penultimate is not None:
-        filters = filters_for_penultimate(genotype, penultimate)
-    else:
-        filters = args.default_filters if args.filters is None else args.filters
-    return repeats, filters
-
-
-def default_stem_multiplier(args: argparse.Namespace) -> float:
-    """3 for CIFAR (stem = 3F) and 1 for ImageNet (stem = 32, the mobile model)."""
-    if args.stem_multiplier is not None:
-        return args.stem_multiplier
-    return 3.0 if args.macro == "cifar" else 1.0
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -175,22 +125,15 @@ def _write_text(path: Path, text: str, option: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from nas_engine.commands.train import run_train
-
-    return run_train(args, load_genotype(args), resolve_n_and_f)
+    return run_train(args, load_genotype(args))
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from nas_engine.commands.search import run_search_command
-
     return run_search_command(args)
 
 
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from nas_engine.commands.search import add_search_arguments
-    from nas_engine.commands.train import add_data_arguments, add_recipe_arguments
-
     parser = argparse.ArgumentParser(
         prog="python -m nas_engine",
         description="NASNet search space, child networks, training and search, without the web app.",
@@ -240,9 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nas_engine.data import DataError
-    from nas_engine.trainer import RecipeError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

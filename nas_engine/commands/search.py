@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from nas_engine.commands.train import (
+from nas_engine.commands.options import (
+    CliError,
     add_data_arguments,
     add_recipe_arguments,
     data_from_args,
@@ -113,8 +114,6 @@ def strategy_from_args(args: argparse.Namespace):
 
 
 def settings_from_args(args: argparse.Namespace) -> dict:
-    from nas_engine.cli import CliError
-
     if not args.settings:
         return {}
     try:
@@ -192,8 +191,6 @@ class SearchProgress:
 
 
 def run_search_command(args: argparse.Namespace) -> int:
-    from nas_engine.cli import CliError
-
     if args.checkpoint and args.resume:
         raise CliError("--resume: give either --checkpoint (a new search) or --resume (continue one), not both")
     if args.resume is not None and not args.resume.is_file():

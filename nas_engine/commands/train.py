@@ -1,7 +1,8 @@
 """`python -m nas_engine train`: train a cell at N@P on a data set and save a bundle.
 
-The bundle (a directory) holds what someone needs to reuse the result: the genotype,
-the recipe, the per-epoch metrics and the trained weights.
+The bundle (a directory, written by `nas_engine/bundle.py`) holds what someone needs to
+reuse the result: the genotype, the recipe, the per-epoch metrics and the trained weights.
+The option groups it shares with `search` are in `options.py`.
 """
 
 from __future__ import annotations
@@ -9,104 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from nas_engine.data import DataError, DatasetSplit, load_dataset
+from nas_engine.bundle import save_bundle
+from nas_engine.commands.options import (
+    CliError,
+    data_from_args,
+    default_stem_multiplier,
+    recipe_from_args,
+    resolve_device,
+    resolve_n_and_f,
+)
 from nas_engine.genotype import Genotype
-from nas_engine.trainer import EpochMetrics, Recipe, Reporter, TrainResult, train_child
-
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("data")
-    group.add_argument(
-        "--dataset", default="digits", help="digits, cifar10, or an image folder under the data root (default digits)"
-    )
-    group.add_argument("--data-root", type=Path, help="folder that holds data sets (default $NAS_DATA_ROOT or ./data)")
-    group.add_argument("--cache-dir", type=Path, help="decoded-tensor cache (default $NAS_CACHE_DIR or ./.cache)")
-    group.add_argument("--subset-per-class", type=int, help="keep N images of every class (class-balanced)")
-    group.add_argument("--val-size", type=float, help="held-out images: a count, or a fraction below 1")
-    group.add_argument("--image-size", type=int, help="resize images to S x S")
-    group.add_argument("--no-download", action="store_true", help="never download cifar10")
-
-
-def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    d = Recipe()
-    group = parser.add_argument_group("training recipe")
-    group.add_argument("--epochs", type=int, default=d.epochs, help=f"(default {d.epochs})")
-    group.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
-    group.add_argument("--lr", type=float, default=d.lr, help=f"initial learning rate (default {d.lr})")
-    group.add_argument("--momentum", type=float, default=d.momentum, help=f"(default {d.momentum})")
-    group.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"(default {d.weight_decay})")
-    group.add_argument("--no-cosine", action="store_true", help="constant learning rate instead of cosine decay")
-    group.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    group.add_argument("--drop-path-keep", type=float, default=d.drop_path_keep, help="final keep prob (1 = off)")
-    group.add_argument("--aux-weight", type=float, default=d.aux_weight, help="aux head loss weight (0 = no head)")
-    group.add_argument("--grad-clip", type=float, default=d.grad_clip, help=f"(default {d.grad_clip}; 0 = off)")
-    group.add_argument("--cutout", type=int, default=d.cutout, help="cutout size in pixels (0 = off)")
-    group.add_argument("--no-augment", action="store_true", help="no random crop / flip")
-    group.add_argument("--seed", type=int, default=d.seed, help=f"(default {d.seed})")
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    group.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def recipe_from_args(args: argparse.Namespace, repeats: int, filters: int, stem_multiplier: float) -> Recipe:
-    return Recipe(
-        macro=args.macro,
-        repeats=repeats,
-        filters=filters,
-        stem_multiplier=stem_multiplier,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        cosine=not args.no_cosine,
-        label_smoothing=args.label_smoothing,
-        drop_path_keep=args.drop_path_keep,
-        aux_weight=args.aux_weight,
-        grad_clip=args.grad_clip,
-        augment=not args.no_augment,
-        cutout=args.cutout,
-        seed=args.seed,
-    )
-
-
-def data_from_args(args: argparse.Namespace, *, progress: bool) -> DatasetSplit:
-    val_size = args.val_size
-    if val_size is not None and val_size >= 1:
-        if val_size != int(val_size):
-            raise DataError("val_size", f"a count must be a whole number, got {val_size}")
-        val_size = int(val_size)
-    return load_dataset(
-        args.dataset,
-        data_root=args.data_root,
-        cache_dir=args.cache_dir,
-        image_size=args.image_size,
-        subset_per_class=args.subset_per_class,
-        val_size=val_size,
-        seed=args.seed,
-        download=not args.no_download,
-        progress=progress,
-    )
-
-
-def resolve_device(name: str) -> torch.device:
-    from nas_engine.cli import CliError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CliError(f"--device: unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CliError(f"--device: {name} asked for but no CUDA device is available")
-    if device.type not in ("cpu", "cuda"):
-        raise CliError(f"--device: {name!r} is not supported; use cpu or cuda")
-    return device
+from nas_engine.trainer import EpochMetrics, Reporter, train_child
 
 
 class ProgressBar(Reporter):
@@ -136,26 +53,7 @@ class ProgressBar(Reporter):
             self.bar.close()
 
 
-def save_bundle(directory: Path, genotype: Genotype, recipe: Recipe, data: DatasetSplit, result: TrainResult) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    files = {
-        "genotype.json": genotype.to_json(indent=2),
-        "recipe.json": json.dumps(recipe.to_dict(), indent=2),
-        "metrics.json": json.dumps({**result.to_dict(), "dataset": data.name, "classes": data.classes}, indent=2),
-    }
-    for name, text in files.items():
-        tmp = directory / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(directory / name)
-    if result.model is not None:
-        tmp = directory / ".weights.pt.tmp"
-        torch.save(result.model.state_dict(), tmp)
-        tmp.replace(directory / "weights.pt")
-
-
-def run_train(args: argparse.Namespace, genotype: Genotype, resolve_n_and_f) -> int:
-    from nas_engine.cli import CliError, default_stem_multiplier
-
+def run_train(args: argparse.Namespace, genotype: Genotype) -> int:
     repeats, filters = resolve_n_and_f(args, genotype)
     recipe = recipe_from_args(args, repeats, filters, default_stem_multiplier(args))
     device = resolve_device(args.device)

@@ -26,6 +26,8 @@ Checkpoints wrap a state dict with the strategy's name, resolved settings, seed,
 space and a format version. They are written atomically (temporary file, fsync,
 os.replace) and read with `torch.load(weights_only=True)`, so they hold only tensors and
 plain Python data; a foreign, truncated or corrupted file raises `StrategyError`.
+Rebuilding a strategy *by name* from a checkpoint file (`load_checkpoint`) needs the
+registry of strategies, so it lives in `registry.py`, which imports this module.
 """
 
 from __future__ import annotations
@@ -316,7 +318,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return parse_checkpoint(data, str(path))
 
 
-def _check_space(payload: dict, space: SearchSpace) -> None:
+def check_space(payload: dict, space: SearchSpace) -> None:
+    """The checkpoint was made for `space`; StrategyError (`checkpoint.space`) if not."""
     try:
         saved = SearchSpace.from_dict(payload["space"])
     except ValueError as exc:
@@ -329,22 +332,9 @@ def restore_into(strategy: Strategy, payload: dict) -> None:
     """Load a checkpoint payload into an existing strategy built from the same spec."""
     if payload["strategy"] != strategy.name:
         raise StrategyError("checkpoint.strategy", f"holds a {payload['strategy']!r} strategy, not {strategy.name!r}")
-    _check_space(payload, strategy.space)
+    check_space(payload, strategy.space)
     if payload["settings"] != strategy.settings:
         raise StrategyError(
             "checkpoint.settings", f"checkpoint settings {payload['settings']} differ from {strategy.settings}"
         )
     strategy.load_state_dict(payload["state"])
-
-
-def load_checkpoint(path: str | os.PathLike, space: SearchSpace, *, expect: str | None = None) -> Strategy:
-    """Rebuild the strategy saved at `path`. `expect`: the strategy name it must hold."""
-    from nas_engine.strategies import make_strategy  # the registry imports this module
-
-    payload = read_checkpoint(path)
-    if expect is not None and payload["strategy"] != expect:
-        raise StrategyError("checkpoint.strategy", f"{path}: holds a {payload['strategy']!r} strategy, not {expect!r}")
-    _check_space(payload, space)
-    strategy = make_strategy(payload["strategy"], space, payload["settings"], payload["seed"])
-    strategy.load_state_dict(payload["state"])
-    return strategy
