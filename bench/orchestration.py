@@ -58,10 +58,10 @@ def main() -> int:
     from django.db import connection
 
     from tests.celery_worker import WorkerSet, flush_redis, worker_env
+    from webapp import dispatch
     from webapp.accounts.models import ROLE_OWNER, Membership, Team
     from webapp.searches import models as m
     from webapp.searches.services import submit_search
-    from workers import orchestrator
 
     flush_redis(args.redis)
     user, _ = User.objects.get_or_create(username="bench")
@@ -80,7 +80,7 @@ def main() -> int:
         started += [workers.start("gpu", wait=False) for _ in range(args.gpu_workers)]
         for worker in started:
             worker.wait_ready()
-        orchestrator.ensure_routes()
+        dispatch.ensure_queues()
         spec = {
             "dataset": "digits",
             "objective": "synthetic",

@@ -39,7 +39,7 @@ def worker_env(database_name: str, redis_url: str, **extra: str) -> dict:
 
 def use_broker(url: str) -> None:
     """Point this process's Celery app at `url`, dropping connections made before."""
-    from workers.celery import app
+    from webapp.celery import app
 
     app.conf.broker_url = url
     app._pool = None  # the connections of the former URL are left to the garbage collector

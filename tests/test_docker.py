@@ -696,7 +696,7 @@ def test_healthz_reports_the_database_and_the_broker(client):
 
 @pytest.mark.django_db
 def test_healthz_is_503_naming_the_broker_when_it_is_down(client):
-    from workers.celery import app
+    from webapp.celery import app
 
     old = app.conf.broker_url
     app.conf.broker_url = "redis://127.0.0.1:1/0"  # nothing listens on port 1

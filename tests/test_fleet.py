@@ -35,7 +35,7 @@ def fleet_redis_url(database_name: str) -> str:
 def broker_url(django_db_setup, django_db_blocker):
     from django.db import connection
 
-    from workers.celery import app
+    from webapp.celery import app
 
     before = app.conf.broker_url
     url = fleet_redis_url(connection.settings_dict["NAME"])
@@ -46,10 +46,10 @@ def broker_url(django_db_setup, django_db_blocker):
 
 @pytest.fixture(autouse=True)
 def broker(broker_url):
-    from workers import orchestrator
+    from webapp import dispatch
 
     flush_redis(broker_url)
-    orchestrator.ensure_routes()
+    dispatch.ensure_queues()
     return broker_url
 
 
@@ -106,9 +106,9 @@ def search(personas):
 
 def first_run(search):
     from webapp.searches import models as m
-    from workers import orchestrator
+    from workers import advance
 
-    orchestrator.advance(search.id)
+    advance.advance(search.id)
     return m.ChildRun.objects.filter(architecture__search=search).order_by("id").first()
 
 
@@ -208,7 +208,7 @@ def only_our_workers(db):
 
 def test_the_reaper_marks_a_silent_worker_lost_and_says_so_once(db, only_our_workers, logs):
     from webapp.fleet.models import LOST_AFTER_SECONDS, Worker
-    from workers import orchestrator
+    from workers import reaper
 
     silent = timezone.now() - timedelta(seconds=LOST_AFTER_SECONDS + 5)
     Worker.objects.create(hostname="gpu0@box", last_seen=silent, task_name="train_child", task_object_id=9)
@@ -216,8 +216,8 @@ def test_the_reaper_marks_a_silent_worker_lost_and_says_so_once(db, only_our_wor
     Worker.objects.create(hostname="gpu2@box", queues="gpu", last_seen=silent, status="offline")  # stopped cleanly
     assert Worker.objects.get(hostname="gpu0@box").shown_status == "lost"  # before the reaper stores it
 
-    assert orchestrator.reap()["workers_lost"] == ["gpu0@box"]
-    assert orchestrator.reap()["workers_lost"] == []
+    assert reaper.reap()["workers_lost"] == ["gpu0@box"]
+    assert reaper.reap()["workers_lost"] == []
     statuses = dict(Worker.objects.values_list("hostname", "status"))
     assert statuses == {"gpu0@box": "lost", "gpu1@box": "online", "gpu2@box": "offline"}
     lost = [line for line in messages(logs, "nasnet.fleet") if " lost " in line]
@@ -244,8 +244,8 @@ def test_only_staff_see_the_workers_page(client, personas):
 
 
 def test_the_page_shows_workers_their_tasks_and_queue_depths(client, personas, search, only_our_workers):
+    from webapp import dispatch
     from webapp.fleet.models import Worker
-    from workers import orchestrator
 
     run = first_run(search)
     arch = run.architecture
@@ -263,7 +263,7 @@ def test_the_page_shows_workers_their_tasks_and_queue_depths(client, personas, s
     Worker.objects.create(hostname="gpu1@box", queues="gpu", device="CPU", last_seen=now - timedelta(minutes=2))
     Worker.objects.create(hostname="old@box", status="offline", last_seen=now - timedelta(days=3))
     for _ in range(3):  # waiting in the broker, no worker consumes them
-        orchestrator.send(orchestrator.TASK_TRAIN, 0)
+        dispatch.send(dispatch.TASK_TRAIN_CHILD, 0)
 
     client.force_login(personas.staff)
     data = client.get(reverse("fleet:workers_json")).json()
@@ -344,17 +344,17 @@ def test_submitting_and_steering_a_search_is_logged(personas, logs):
 
 def test_child_results_and_failures_are_logged_with_the_reason(search, settings, logs):
     from webapp.searches import models as m
-    from workers import child
+    from workers import child_runs
 
     settings.NAS_MAX_ATTEMPTS = 2
     run = first_run(search)
-    claimed = child.claim(run.id)
-    child.retry_or_fail(claimed, "RuntimeError: CUDA out of memory")
-    claimed = child.claim(run.id)
-    child.retry_or_fail(claimed, "RuntimeError: CUDA out of memory")
+    claimed = child_runs.claim(run.id)
+    child_runs.retry_or_fail(claimed, "RuntimeError: CUDA out of memory")
+    claimed = child_runs.claim(run.id)
+    child_runs.retry_or_fail(claimed, "RuntimeError: CUDA out of memory")
     assert m.ChildRun.objects.get(pk=run.id).status == m.RUN_FAILED
     other = m.ChildRun.objects.filter(architecture__search=search).exclude(pk=run.id).get()
-    child.finish(child.claim(other.id), m.RUN_SUCCEEDED, reward=0.875, wall_time=12.34)
+    child_runs.finish(child_runs.claim(other.id), m.RUN_SUCCEEDED, reward=0.875, wall_time=12.34)
 
     lines = messages(logs, "nasnet.worker")
     assert f"child run {run.id} failed on attempt 1 (RuntimeError: CUDA out of memory), queued for a retry" in lines, (
@@ -368,13 +368,13 @@ def test_child_results_and_failures_are_logged_with_the_reason(search, settings,
 
 def test_an_expired_lease_is_logged_when_requeued(search, logs):
     from webapp.searches import models as m
-    from workers import child, orchestrator
+    from workers import child_runs, reaper
 
     run = first_run(search)
-    child.claim(run.id)
+    claimed = child_runs.claim(run.id)
     m.ChildRun.objects.filter(pk=run.id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-    assert orchestrator.reap()["requeued"] == [run.id]
-    assert f"child run {run.id}: lease expired (worker {child.WORKER}, attempt 1), requeued" in messages(logs)
+    assert reaper.reap()["requeued"] == [run.id]
+    assert f"child run {run.id}: lease expired (worker {claimed.worker}, attempt 1), requeued" in messages(logs)
 
 
 # -- a real worker ------------------------------------------------------------------------------------
@@ -390,7 +390,7 @@ def test_a_real_worker_registers_and_shows_the_child_it_trains(broker, client):
     from webapp.fleet.models import HEARTBEAT_SECONDS, Worker
     from webapp.searches import models as m
     from webapp.searches.services import submit_search
-    from workers import orchestrator
+    from workers import advance
 
     team = Team.objects.create(name="alpha")
     user = User.objects.create_user("owner", password="pw-owner-123", is_staff=True)
@@ -418,7 +418,7 @@ def test_a_real_worker_registers_and_shows_the_child_it_trains(broker, client):
             "budget": {"children": 1, "parallel": 1},
         }
         search = submit_search(user=user, team=team, name="watched", spec_data=spec)
-        orchestrator.advance(search.id)  # no controller worker: the test advances it
+        advance.advance(search.id)  # no controller worker: the test advances it
         run = m.ChildRun.objects.get(architecture__search=search)
         busy = until(lambda: Worker.objects.filter(pk=row.pk, task_name="train_child").first())
         assert busy.task_object_id == run.id

@@ -239,19 +239,19 @@ def test_non_finite_numbers_are_stored_as_null(personas, search, settings):
 
 def test_the_orchestrator_and_the_child_publish_their_events(layer, personas, monkeypatch):
     """In-process advance -> claim -> finish -> advance (tasks recorded, not sent)."""
+    from webapp import dispatch
     from webapp.searches import services
-    from workers import child, orchestrator
+    from workers import advance, child_runs
 
-    monkeypatch.setattr(services, "queue_task", lambda *args: None)
-    monkeypatch.setattr(orchestrator, "send", lambda *args: None)
-    monkeypatch.setattr(orchestrator, "request_advance", lambda search_id: None)
+    monkeypatch.setattr(dispatch, "send", lambda *args: None)
+    monkeypatch.setattr(dispatch, "request_advance", lambda search_id: None)
     budget = {"children": 2, "parallel": 2}
     spec = {"dataset": "digits", "objective": "synthetic", "strategy": "random", "budget": budget}
     search = services.submit_search(user=personas.owner, team=personas.alpha, name="s", spec_data=spec)
-    orchestrator.advance(search.id)
+    advance.advance(search.id)
     for run in m.ChildRun.objects.filter(architecture__search=search).order_by("id"):
-        child.run_child(run.id)
-    orchestrator.advance(search.id)
+        child_runs.run_child(run.id)
+    advance.advance(search.id)
     events = list(SearchEvent.objects.filter(search=search).order_by("seq"))
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     types = [e.type for e in events]
@@ -270,12 +270,12 @@ def test_the_orchestrator_and_the_child_publish_their_events(layer, personas, mo
 def test_controller_updates_carry_the_policy_for_the_heatmap(layer, personas, monkeypatch):
     """A PPO search in-process: each controller.update has one probability row per decision."""
     from nas_engine.space import SearchSpace
+    from webapp import dispatch
     from webapp.searches import services
-    from workers import child, orchestrator
+    from workers import advance, child_runs
 
-    monkeypatch.setattr(services, "queue_task", lambda *args: None)
-    monkeypatch.setattr(orchestrator, "send", lambda *args: None)
-    monkeypatch.setattr(orchestrator, "request_advance", lambda search_id: None)
+    monkeypatch.setattr(dispatch, "send", lambda *args: None)
+    monkeypatch.setattr(dispatch, "request_advance", lambda search_id: None)
     spec = {
         "dataset": "digits",
         "objective": "synthetic",
@@ -284,9 +284,9 @@ def test_controller_updates_carry_the_policy_for_the_heatmap(layer, personas, mo
     }
     search = services.submit_search(user=personas.owner, team=personas.alpha, name="ppo", spec_data=spec)
     for _ in range(3):
-        orchestrator.advance(search.id)
+        advance.advance(search.id)
         for run in m.ChildRun.objects.filter(architecture__search=search, status=m.RUN_QUEUED):
-            child.run_child(run.id)
+            child_runs.run_child(run.id)
     updates = [e.payload for e in SearchEvent.objects.filter(search=search, type="controller.update").order_by("seq")]
     assert len(updates) == 2  # 4 children, minibatches of 2
     sizes = SearchSpace().decision_sizes()
@@ -297,7 +297,7 @@ def test_controller_updates_carry_the_policy_for_the_heatmap(layer, personas, mo
 
 
 def test_a_training_job_publishes_its_progress_to_the_search(layer, personas, settings, tmp_path):
-    from workers import child
+    from workers import training_jobs
 
     settings.NAS_ARTIFACTS_ROOT = tmp_path
     search = m.Search.objects.create(
@@ -316,7 +316,7 @@ def test_a_training_job_publishes_its_progress_to_the_search(layer, personas, se
         dataset={"name": "digits", "subset_per_class": 10, "val_size": 50},
         recipe=recipe,
     )
-    child.run_training_job(job.id)
+    training_jobs.run_training_job(job.id)
     job.refresh_from_db()
     events = [e.payload for e in SearchEvent.objects.filter(search=search, type="job.progress").order_by("seq")]
     assert events[0]["status"] == m.RUN_RUNNING and events[0]["job"] == job.id

@@ -63,12 +63,12 @@ def stack(django_db_setup, django_db_blocker):
 def owner(stack, settings):
     from django.contrib.auth.models import User
 
+    from webapp import dispatch
     from webapp.accounts.models import ROLE_OWNER, Membership, Team
-    from workers import orchestrator
 
     settings.NAS_LEASE_SECONDS = LEASE_SECONDS
     flush_redis(stack.redis_url)
-    orchestrator.ensure_routes()
+    dispatch.ensure_queues()
     team = Team.objects.create(name="alpha")
     user = User.objects.create_user("owner", password="pw-owner-123")
     Membership.objects.create(user=user, team=team, role=ROLE_OWNER)
@@ -85,7 +85,7 @@ def submit(owner, **spec):
 
 def wait_for(stack, search, done, timeout=60.0, reap_every=None):
     """Poll until `done(search)` holds; run the reaper every `reap_every` seconds if set."""
-    from workers import orchestrator
+    from workers import reaper
 
     deadline, last_reap = time.monotonic() + timeout, time.monotonic()
     while time.monotonic() < deadline:
@@ -93,7 +93,7 @@ def wait_for(stack, search, done, timeout=60.0, reap_every=None):
         if done(search):
             return search
         if reap_every and time.monotonic() - last_reap >= reap_every:
-            orchestrator.reap()
+            reaper.reap()
             last_reap = time.monotonic()
         time.sleep(0.1)
     raise AssertionError(f"timed out: {search.to_dict()}\n{stack.workers.logs()}")
@@ -137,7 +137,7 @@ def assert_complete(search, stack=None):
 
 
 def checkpoint_of(search):
-    from workers.orchestrator import load_strategy
+    from workers.advance import load_strategy
 
     return load_strategy(search)
 
@@ -228,8 +228,8 @@ def test_an_emptied_redis_loses_nothing(stack, owner):
 
 
 def test_a_restart_continues_from_the_checkpoint(stack, owner):
+    from webapp import dispatch
     from webapp.searches import models as m
-    from workers import orchestrator
 
     settings = {"batch_size": 5}
     search = submit(
@@ -247,14 +247,14 @@ def test_a_restart_continues_from_the_checkpoint(stack, owner):
     told = m.Architecture.objects.filter(search=search, told=True).count()
     assert strategy.state_dict()["next_id"] == search.children_sampled
     assert len(strategy.pending()) == search.children_sampled - told
-    fresh = orchestrator.search_spec(search).make_strategy()
+    fresh = search.parsed_spec.make_strategy()
     trained = strategy.state_dict()["controller"]
     initial = fresh.state_dict()["controller"]
     assert any(not torch.equal(trained[k], initial[k]) for k in initial)
     sampled = search.children_sampled
     stack.restart("controller")
     stack.restart("gpu")
-    orchestrator.send(orchestrator.TASK_ADVANCE, search.id)
+    dispatch.send(dispatch.TASK_ADVANCE, search.id)
     search = wait_for(stack, search, finished, timeout=90, reap_every=1.0)
     assert_complete(search, stack)
     first_new = m.Architecture.objects.filter(search=search, sample_index=sampled).get()

@@ -43,28 +43,28 @@ def search(db):
 
 def test_the_first_advance_samples_parallel_children_and_checkpoints(search):
     from webapp.searches import models as m
-    from workers import orchestrator
+    from workers import advance
 
-    orchestrator.advance(search.id)
+    advance.advance(search.id)
     search.refresh_from_db()
     assert search.status == m.RUNNING and search.children_sampled == 2
     assert m.ChildRun.objects.filter(architecture__search=search, status=m.RUN_QUEUED).count() == 2
-    strategy = orchestrator.load_strategy(search)
+    strategy = advance.load_strategy(search)
     assert [p.id for p in strategy.pending()] == [0, 1]
 
 
 def test_a_claimed_run_is_not_claimed_twice_and_its_result_is_told(search):
     from webapp.searches import models as m
-    from workers import child, orchestrator
+    from workers import advance, child_runs
 
-    orchestrator.advance(search.id)
+    advance.advance(search.id)
     run = m.ChildRun.objects.filter(architecture__search=search).order_by("id").first()
-    claimed = child.claim(run.id)
+    claimed = child_runs.claim(run.id)
     assert claimed is not None and claimed.attempt == 1
-    assert child.claim(run.id) is None
-    assert child.finish(claimed, m.RUN_SUCCEEDED, reward=0.5, wall_time=0.1)
-    assert not child.finish(claimed, m.RUN_SUCCEEDED, reward=0.9, wall_time=0.1)  # written once
-    orchestrator.advance(search.id)
+    assert child_runs.claim(run.id) is None
+    assert child_runs.finish(claimed, m.RUN_SUCCEEDED, reward=0.5, wall_time=0.1)
+    assert not child_runs.finish(claimed, m.RUN_SUCCEEDED, reward=0.9, wall_time=0.1)  # written once
+    advance.advance(search.id)
     search.refresh_from_db()
     arch = run.architecture
     arch.refresh_from_db()
@@ -74,27 +74,27 @@ def test_a_claimed_run_is_not_claimed_twice_and_its_result_is_told(search):
 
 def test_the_reaper_requeues_expired_leases_then_fails_them(search, settings):
     from webapp.searches import models as m
-    from workers import child, orchestrator
+    from workers import advance, child_runs, reaper
 
     settings.NAS_MAX_ATTEMPTS = 2
-    orchestrator.advance(search.id)
+    advance.advance(search.id)
     run = m.ChildRun.objects.filter(architecture__search=search).order_by("id").first()
     for attempt in (1, 2):
-        assert child.claim(run.id).attempt == attempt
+        assert child_runs.claim(run.id).attempt == attempt
         m.ChildRun.objects.filter(pk=run.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-        report = orchestrator.reap()
+        report = reaper.reap()
     run.refresh_from_db()
     assert run.status == m.RUN_FAILED and run.error == "lease expired after 2 attempts"
     assert report["failed"] == [run.id]
 
 
 def test_checkpoint_bytes_round_trip(search):
-    from workers import orchestrator
+    from workers import advance
 
-    spec = orchestrator.search_spec(search)
+    spec = search.parsed_spec
     strategy = spec.make_strategy()
     strategy.ask(3)
-    restored = orchestrator.strategy_from_bytes(orchestrator.strategy_to_bytes(strategy), spec)
+    restored = advance.strategy_from_bytes(advance.strategy_to_bytes(strategy), spec)
     assert [p.id for p in restored.pending()] == [0, 1, 2]
     assert [p.genotype for p in restored.ask(2)] == [p.genotype for p in strategy.ask(2)]
 
@@ -105,7 +105,7 @@ def test_a_training_job_writes_its_bundle(db, settings, tmp_path):
     from webapp.accounts.models import ROLE_OWNER, Membership, Team
     from webapp.searches import models as m
     from webapp.searches.services import create_training_job
-    from workers import child
+    from workers import training_jobs
 
     settings.NAS_ARTIFACTS_ROOT = tmp_path
     team = Team.objects.create(name="alpha")
@@ -120,7 +120,7 @@ def test_a_training_job_writes_its_bundle(db, settings, tmp_path):
         dataset={"name": "digits"},
         recipe={"repeats": 1, "filters": 4, "epochs": 1},
     )
-    child.run_training_job(job.id)
+    training_jobs.run_training_job(job.id)
     job.refresh_from_db()
     assert job.status == m.RUN_SUCCEEDED, job.error
     assert job.bundle_path == f"jobs/{job.id}" and job.reward is not None and job.params > 0
@@ -139,19 +139,19 @@ def test_the_lease_is_kept_while_a_slow_data_set_loads(settings):
     from webapp.accounts.models import ROLE_OWNER, Membership, Team
     from webapp.searches import models as m
     from webapp.searches.services import submit_search
-    from workers import child, orchestrator
+    from workers import advance, child_runs, leases, reaper
 
     settings.NAS_LEASE_SECONDS = 1.5  # a heartbeat every 0.5 s
     team = Team.objects.create(name="alpha")
     user = User.objects.create_user("owner", password="pw-owner-123")
     Membership.objects.create(user=user, team=team, role=ROLE_OWNER)
     search = submit_search(user=user, team=team, name="s", spec_data=SPEC)
-    orchestrator.advance(search.id)
-    run = child.claim(m.ChildRun.objects.filter(architecture__search=search).order_by("id").first().id)
+    advance.advance(search.id)
+    run = child_runs.claim(m.ChildRun.objects.filter(architecture__search=search).order_by("id").first().id)
     first_expiry = run.lease_expires_at
-    with child.lease_kept(child._ours(run), "test"):
+    with leases.lease_kept(run, "test"):
         time.sleep(2.0)  # longer than the lease: without heartbeats the reaper could take it
     run.refresh_from_db()
     assert run.lease_expires_at > first_expiry + timedelta(seconds=1)
     assert run.lease_expires_at > timezone.now()  # still ours
-    assert orchestrator.reap()["requeued"] == []
+    assert reaper.reap()["requeued"] == []

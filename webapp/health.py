@@ -14,6 +14,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from webapp import dispatch
+
 log = logging.getLogger("nasnet.health")
 BROKER_TIMEOUT = 3.0  # seconds
 
@@ -26,10 +28,7 @@ def _database() -> str:
 
 
 def _broker() -> str:
-    from workers.celery import app
-
-    with app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT)
+    dispatch.ping_broker(BROKER_TIMEOUT)
     return "ok"
 
 

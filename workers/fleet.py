@@ -28,6 +28,8 @@ from datetime import timedelta
 
 from celery import signals
 
+from webapp import dispatch
+
 log = logging.getLogger("nasnet.fleet")
 
 DEVICE_PROBE = "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU')"
@@ -218,7 +220,7 @@ def _object_id(args) -> int | None:
 # Only the training tasks are recorded: they run for minutes and are what the page is for.
 # An advance or a reap takes milliseconds; two more UPDATEs around each cost the synthetic
 # 20,000-child bench about 10% of its wall time and would show for no one to see.
-TRACKED_TASKS = ("workers.tasks.train_child", "workers.tasks.run_training_job")
+TRACKED_TASKS = (dispatch.TASK_TRAIN_CHILD, dispatch.TASK_TRAIN_JOB)
 
 
 @signals.task_prerun.connect

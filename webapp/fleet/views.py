@@ -17,6 +17,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 
+from webapp import dispatch
 from webapp.fleet.models import LOST, OFFLINE, ONLINE, TASK_ADVANCE, TASK_TRAIN_CHILD, TASK_TRAINING_JOB, Worker
 from webapp.searches import models as m
 
@@ -39,9 +40,7 @@ def staff_only(view):
 
 def queue_depths() -> dict[str, int]:
     """Messages waiting in the broker's queues (0 where the broker cannot say)."""
-    from workers.orchestrator import queue_length  # the web app sends by name; only this reads the broker
-
-    return {name: queue_length(name) for name in ("controller", "gpu")}
+    return {name: dispatch.queue_length(name) for name in dispatch.QUEUES}
 
 
 def _counts(model) -> dict[str, int]:

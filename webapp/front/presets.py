@@ -118,7 +118,8 @@ def promote(architecture, *, user, name: str | None = None, dataset_name: str | 
     """
     search = architecture.search
     size = {**SCALE_DEFAULTS, **scale}
-    dataset = dict(search.spec.get("dataset") or {})
+    spec = search.parsed_spec
+    dataset = dict(spec.dataset)
     if dataset_name and dataset_name != dataset.get("name"):
         dataset = {"name": dataset_name}
     if not name:
@@ -129,6 +130,6 @@ def promote(architecture, *, user, name: str | None = None, dataset_name: str | 
         name=name,
         genotype=architecture.genotype,
         dataset=dataset,
-        recipe=scale_recipe(search.spec.get("child"), dataset.get("name", ""), **size),
+        recipe=scale_recipe(spec.child.to_dict(), dataset["name"], **size),
         architecture=architecture,
     )

@@ -160,15 +160,11 @@ def search_detail(request: HttpRequest, search_id: int) -> HttpResponse:
 
 
 def _planned_epochs(search: Search) -> int | None:
-    child = search.spec.get("child") if isinstance(search.spec, dict) else None
-    epochs = child.get("epochs") if isinstance(child, dict) else None
-    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+    return search.parsed_spec.child.epochs
 
 
 def _is_rl(search: Search) -> bool:
-    strategy = search.spec.get("strategy") if isinstance(search.spec, dict) else None
-    name = strategy.get("name") if isinstance(strategy, dict) else strategy
-    return name in charts.RL_STRATEGIES
+    return search.parsed_spec.strategy in charts.RL_STRATEGIES
 
 
 def _epoch_progress(run, planned: int | None) -> tuple[int, int | None]:
@@ -394,7 +390,7 @@ def _render_architecture(request: HttpRequest, arch: Architecture, form: TrainFo
 @login_required
 def architecture_detail(request: HttpRequest, arch_id: int) -> HttpResponse:
     arch = _architecture(request, arch_id)
-    dataset = (arch.search.spec.get("dataset") or {}).get("name", "")
+    dataset = arch.search.parsed_spec.dataset["name"]
     n, f = SCALE_DEFAULTS["repeats"], SCALE_DEFAULTS["filters"]
     form = TrainForm(initial={"name": f"{arch.search.name} #{arch.sample_index} at N={n} F={f}", "dataset": dataset})
     return _render_architecture(request, arch, form)

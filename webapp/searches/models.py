@@ -6,10 +6,17 @@ these rows say what is left to do (ARCHITECTURE.md, "The search loop across proc
 
 from __future__ import annotations
 
+import functools
+import json
+from datetime import timedelta
+from pathlib import Path
+
 from django.conf import settings
 from django.db import models
+from django.db.models import F
 from django.utils import timezone
 
+from nas_engine.spec import Limits, SearchSpec, validate_spec
 from webapp.accounts.models import Team
 
 # -- Search ----------------------------------------------------------------------------------
@@ -26,6 +33,7 @@ SEARCH_STATUSES = [(s, s.capitalize()) for s in (QUEUED, RUNNING, PAUSED, CANCEL
 SEARCH_ACTIVE = (QUEUED, RUNNING, PAUSED, CANCELLING)  # counts against the team's quota
 SEARCH_ADVANCING = (QUEUED, RUNNING)  # may sample and dispatch new children
 SEARCH_DONE = (CANCELLED, FINISHED, FAILED)
+SEARCH_STOPPING = (CANCELLING, *SEARCH_DONE)  # a worker training one of its children stops
 
 # -- ChildRun --------------------------------------------------------------------------------
 RUN_QUEUED, RUN_RUNNING, RUN_SUCCEEDED, RUN_FAILED, RUN_REUSED, RUN_CANCELLED = (
@@ -105,6 +113,13 @@ class Search(models.Model):
         return self.status in SEARCH_DONE
 
     @property
+    def parsed_spec(self) -> SearchSpec:
+        """The stored spec as nas_engine's SearchSpec: every reader (pages, presets, the
+        advance, child runs) uses this one parse. Quotas do not apply: the spec was validated
+        against them when it was submitted, and lowering a quota must not break it."""
+        return _parse_stored_spec(json.dumps(self.spec, sort_keys=True), str(settings.NAS_DATA_ROOT))
+
+    @property
     def progress(self) -> int:
         """Percent of the budget done (told: trained, reused or failed)."""
         return round(100 * self.children_done / self.children_total) if self.children_total else 0
@@ -129,6 +144,17 @@ class Search(models.Model):
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
         }
+
+
+# A stored spec passed validation at submission: no quota may refuse it later.
+_NO_LIMITS = Limits(max_children=10**9, max_parallel=10**6)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_stored_spec(spec_json: str, data_root: str) -> SearchSpec:
+    """Parse once per process and spec text (a worker advances the same search thousands of
+    times; SearchSpec is frozen, so sharing it is safe)."""
+    return validate_spec(json.loads(spec_json), data_root=Path(data_root), limits=_NO_LIMITS)
 
 
 class ArchitectureQuerySet(TeamScopedQuerySet):
@@ -173,23 +199,120 @@ class Architecture(models.Model):
         }
 
 
-class ChildRun(models.Model):
-    """A training attempt of an architecture. Claimed with a lease, kept by heartbeats."""
+class LeasedWork(models.Model):
+    """Work a gpu-queue worker claims with a lease: child runs, training jobs, and every job
+    type to come. One implementation of the protocol (ARCHITECTURE.md, "Leases"):
 
-    architecture = models.ForeignKey(Architecture, on_delete=models.CASCADE, related_name="runs")
+    - claim: one conditional UPDATE (queued -> running, or running with an expired lease)
+      that counts the attempt and names the worker, so two workers never hold one row;
+    - `ours()`: the row while it is still this claim's (running, this attempt, this
+      worker); every later write goes through it, and an update that touches nothing
+      means the work was taken away (lease expired and reclaimed, or cancelled);
+    - heartbeat: extends the lease; finish / requeue: end the claim;
+    - expire_leases (the reaper): running rows whose lease ran out are queued again, or
+      failed once they used up their attempts.
+    """
+
     status = models.CharField(max_length=20, choices=RUN_STATUSES, default=RUN_QUEUED, db_index=True)
     attempt = models.PositiveIntegerField(default=0, help_text="claims so far (1 = first try)")
     worker = models.CharField(max_length=200, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
-    dispatched_at = models.DateTimeField(null=True, blank=True)
-    epochs = models.JSONField(default=list, blank=True, help_text="per-epoch metrics")
-    reward = models.FloatField(null=True, blank=True)
-    wall_time = models.FloatField(null=True, blank=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+    # -- what a subclass may refine ---------------------------------------------------------
+    @classmethod
+    def claimable(cls, pk: int) -> models.QuerySet:
+        """The row `pk` if it may be claimed at all (a child run of a cancelled search may not)."""
+        return cls.objects.filter(pk=pk)
+
+    @classmethod
+    def requeue_fields(cls, now) -> dict:
+        """Extra fields written whenever a row goes back to the queue."""
+        return {}
+
+    @classmethod
+    def claimed(cls, pk: int):
+        """The row just claimed, with what the worker reads next."""
+        return cls.objects.get(pk=pk)
+
+    # -- the protocol ---------------------------------------------------------------------------
+    @staticmethod
+    def lease_end(now=None):
+        return (now or timezone.now()) + timedelta(seconds=settings.NAS_LEASE_SECONDS)
+
+    @classmethod
+    def claim(cls, pk: int, worker: str):
+        """The claimed row, or None when it is taken, finished or not claimable."""
+        now = timezone.now()
+        rows = cls.claimable(pk)
+        updated = (rows.filter(status=RUN_QUEUED) | rows.filter(status=RUN_RUNNING, lease_expires_at__lt=now)).update(
+            status=RUN_RUNNING,
+            attempt=F("attempt") + 1,
+            worker=worker,
+            lease_expires_at=cls.lease_end(now),
+            heartbeat_at=now,
+            started_at=now,
+        )
+        return cls.claimed(pk) if updated else None
+
+    def ours(self) -> models.QuerySet:
+        return type(self).objects.filter(pk=self.pk, status=RUN_RUNNING, attempt=self.attempt, worker=self.worker)
+
+    def heartbeat(self, **fields) -> bool:
+        """Extend the lease (and write `fields`); False: no longer ours."""
+        now = timezone.now()
+        return bool(self.ours().update(heartbeat_at=now, lease_expires_at=self.lease_end(now), **fields))
+
+    def finish(self, status: str, **fields) -> bool:
+        """End the claim with a final status; False (nothing written): no longer ours."""
+        return bool(self.ours().update(status=status, finished_at=timezone.now(), lease_expires_at=None, **fields))
+
+    def requeue(self, **fields) -> bool:
+        """Give the work back to the queue (a retry); False: no longer ours."""
+        now = timezone.now()
+        fields = {**self.requeue_fields(now), **fields}
+        return bool(self.ours().update(status=RUN_QUEUED, lease_expires_at=None, **fields))
+
+    @classmethod
+    def expire_leases(cls, now=None) -> tuple[list, list]:
+        """Running rows whose lease ran out: queued again while attempts remain, else failed.
+        Returns (requeued rows, failed rows). Call inside a transaction: the rows are locked
+        (SKIP LOCKED, so two reapers split them instead of waiting)."""
+        now = now or timezone.now()
+        requeued, failed = [], []
+        for row in cls.objects.select_for_update(skip_locked=True).filter(status=RUN_RUNNING, lease_expires_at__lt=now):
+            if row.attempt < settings.NAS_MAX_ATTEMPTS:
+                fields = {"status": RUN_QUEUED, "lease_expires_at": None, **cls.requeue_fields(now)}
+                requeued.append(row)
+            else:
+                fields = {"status": RUN_FAILED, "lease_expires_at": None, "finished_at": now}
+                fields["error"] = f"lease expired after {row.attempt} attempts"
+                failed.append(row)
+            for key, value in fields.items():
+                setattr(row, key, value)
+            row.save(update_fields=list(fields))
+        return requeued, failed
+
+    @property
+    def lease_expired(self) -> bool:
+        return self.lease_expires_at is not None and self.lease_expires_at < timezone.now()
+
+
+class ChildRun(LeasedWork):
+    """A training attempt of an architecture. Claimed with a lease, kept by heartbeats."""
+
+    architecture = models.ForeignKey(Architecture, on_delete=models.CASCADE, related_name="runs")
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    epochs = models.JSONField(default=list, blank=True, help_text="per-epoch metrics")
+    reward = models.FloatField(null=True, blank=True)
+    wall_time = models.FloatField(null=True, blank=True)
 
     class Meta:
         ordering = ["architecture", "id"]
@@ -200,9 +323,17 @@ class ChildRun(models.Model):
     def __str__(self) -> str:
         return f"run of {self.architecture} ({self.status})"
 
-    @property
-    def lease_expired(self) -> bool:
-        return self.lease_expires_at is not None and self.lease_expires_at < timezone.now()
+    @classmethod
+    def claimable(cls, pk: int) -> models.QuerySet:
+        return cls.objects.filter(pk=pk).exclude(architecture__search__status__in=SEARCH_STOPPING)
+
+    @classmethod
+    def claimed(cls, pk: int):
+        return cls.objects.select_related("architecture__search").get(pk=pk)
+
+    @classmethod
+    def requeue_fields(cls, now) -> dict:
+        return {"dispatched_at": now}  # the reaper measures "lost message" from here
 
     def to_dict(self) -> dict:
         return {
@@ -220,7 +351,7 @@ class ChildRun(models.Model):
         }
 
 
-class TrainingJob(models.Model):
+class TrainingJob(LeasedWork):
     """Train a chosen genotype at a chosen N@P on a chosen data set: the transfer step.
 
     Its result is a downloadable bundle (genotype JSON, weights, metrics, recipe).
@@ -235,21 +366,12 @@ class TrainingJob(models.Model):
     genotype = models.JSONField()
     dataset = models.JSONField(help_text="as in a search spec: name, subset_per_class, val_size, image_size")
     recipe = models.JSONField(help_text="nas_engine.trainer.Recipe, full form")
-    status = models.CharField(max_length=20, choices=RUN_STATUSES, default=RUN_QUEUED, db_index=True)
-    attempt = models.PositiveIntegerField(default=0)
-    worker = models.CharField(max_length=200, blank=True)
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
     epochs = models.JSONField(default=list, blank=True)
     reward = models.FloatField(null=True, blank=True)
     params = models.BigIntegerField(null=True, blank=True)
     mult_adds = models.BigIntegerField(null=True, blank=True)
     wall_time = models.FloatField(null=True, blank=True)
     bundle_path = models.CharField(max_length=500, blank=True, help_text="relative to NAS_ARTIFACTS_ROOT")
-    error = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     objects = TeamScopedQuerySet.as_manager()
 

@@ -2,7 +2,7 @@
 
 Views, the API and admin actions call these functions; they validate, write rows in a
 transaction, and queue Celery work by task name only after the transaction commits
-(the web app never imports `workers`). Every function raises `ServiceError(field,
+through webapp.dispatch (the web app never imports `workers`). Every function raises `ServiceError(field,
 reason, status)` for what the caller did wrong, which views turn into a 4xx.
 """
 
@@ -16,14 +16,12 @@ from django.db import transaction
 from nas_engine.genotype import Genotype, GenotypeError
 from nas_engine.spec import Limits, SpecError, validate_spec
 from nas_engine.trainer import Recipe, RecipeError
+from webapp import dispatch
 from webapp.accounts.models import Team
 from webapp.live import events as live
 from webapp.searches import models as m
 
 log = logging.getLogger("nasnet.service")
-
-TASK_ADVANCE = "workers.tasks.advance_search"
-TASK_TRAIN_JOB = "workers.tasks.run_training_job"
 
 
 class ServiceError(Exception):
@@ -36,24 +34,6 @@ class ServiceError(Exception):
 
 def limits() -> Limits:
     return Limits(max_children=settings.NAS_MAX_CHILDREN_PER_SEARCH, max_parallel=settings.NAS_MAX_PARALLEL_PER_SEARCH)
-
-
-def queue_task(name: str, *args) -> None:
-    """Send a task by name once the current transaction commits (or now, outside one).
-
-    Only the configured Celery *app* is imported (broker URL, JSON serialisation, queue
-    routes from settings), never the task code: the web process sends by name. A bare
-    `celery.current_app` would be Celery's default app, talking to a default broker.
-    """
-    from workers.celery import app
-
-    def send() -> None:
-        try:
-            app.send_task(name, args=list(args))
-        except Exception:  # noqa: BLE001 - the row is committed; the reaper re-kicks it
-            log.exception("could not queue %s%s now; the periodic reaper will pick it up", name, args)
-
-    transaction.on_commit(send)
 
 
 def check_member(user, team: Team) -> None:
@@ -87,7 +67,7 @@ def submit_search(*, user, team: Team, name: str, spec_data: object) -> m.Search
         search = m.Search.objects.create(
             team=team, owner=user, name=name, spec=spec.to_dict(), children_total=spec.children
         )
-        queue_task(TASK_ADVANCE, search.id)
+        dispatch.send_on_commit(dispatch.TASK_ADVANCE, search.id)
     log.info(
         "search %s submitted by %s for team %s: %r, %s on %s (%s), %d children, %d in parallel",
         search.id,
@@ -123,7 +103,7 @@ def transition(search: m.Search, action: str) -> m.Search:
             row.status = m.QUEUED
         row.save(update_fields=["status", "updated_at"])
         live.publish_many(row.id, [live.status(row)])
-        queue_task(TASK_ADVANCE, row.id)
+        dispatch.send_on_commit(dispatch.TASK_ADVANCE, row.id)
     log.info("search %s: %s (%s -> %s)", row.id, action, old, row.status)
     return row
 
@@ -137,7 +117,7 @@ def requeue_failed_runs(search: m.Search) -> int:
             architecture__search=search, status=m.RUN_FAILED, architecture__told=False
         )
         count = runs.update(status=m.RUN_QUEUED, attempt=0, error="", lease_expires_at=None, worker="")
-        queue_task(TASK_ADVANCE, search.id)
+        dispatch.send_on_commit(dispatch.TASK_ADVANCE, search.id)
     log.info("search %s: %d failed child runs queued again", search.id, count)
     return count
 
@@ -174,7 +154,7 @@ def create_training_job(
             dataset=spec.dataset,
             recipe=parsed_recipe.to_dict(),
         )
-        queue_task(TASK_TRAIN_JOB, job.id)
+        dispatch.send_on_commit(dispatch.TASK_TRAIN_JOB, job.id)
     log.info(
         "training job %s submitted by %s for team %s: %r on %s, %d epochs",
         job.id,

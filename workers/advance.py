@@ -1,6 +1,7 @@
-"""The search loop across processes: `advance(search_id)` and the periodic `reap()`.
+"""Advancing a search: `advance(search_id)`, the one place where a strategy is told results
+and asked for children.
 
-advance, serialized per search by a row lock (SELECT ... FOR UPDATE on the Search):
+Serialized per search by a row lock (SELECT ... FOR UPDATE on the Search):
 - cancelling: active child runs -> cancelled, the search -> cancelled. Workers training
   one of them notice (their run is no longer theirs) and stop.
 - paused: nothing (running children finish and write their results; nobody tells them).
@@ -21,119 +22,37 @@ in its transaction; they reach the websocket clients after commit.
 Counters: `children_done` counts every told child (trained, reused or failed), as
 nas_engine.search does; `children_failed` and `children_reused` are the parts of it.
 
-reap (beat): expired leases -> queued again (or failed after NAS_MAX_ATTEMPTS), queued
-runs whose message was lost -> dispatched again (once the gpu queue has drained), stalled
-searches -> advanced again, training jobs with an expired lease -> queued again.
-
-Throughput: a finished child asks for an advance through a Redis flag, so one waiting
-advance serves every result that arrived meanwhile; the advance tells them all in one
-pass and writes rows in bulk (about seven queries per advance), and the controller keeps
-the strategy it committed in memory to skip deserialising the checkpoint.
+Throughput: a finished child asks for an advance through a Redis flag
+(webapp.dispatch.request_advance), so one waiting advance serves every result that arrived
+meanwhile; the advance tells them all in one pass and writes rows in bulk (about seven
+queries per advance), and the controller keeps the strategy it committed in memory to skip
+deserialising the checkpoint.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from datetime import timedelta
 
-from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q, Subquery
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
+from nas_engine.counting import describe
 from nas_engine.genotype import Genotype
-from nas_engine.spec import Limits, SearchSpec, validate_spec
+from nas_engine.spec import SearchSpec
 from nas_engine.strategies import Strategy, restore_into
 from nas_engine.strategies.base import checkpoint_bytes, parse_checkpoint
+from webapp import dispatch
 from webapp.live import events as live
 from webapp.searches import models as m
-from workers import fleet
-from workers.celery import app
+from workers.resources import dataset_for
 
 log = logging.getLogger("nasnet.worker")
 
-TASK_ADVANCE = "workers.tasks.advance_search"
-TASK_TRAIN = "workers.tasks.train_child"
-TASK_TRAIN_JOB = "workers.tasks.run_training_job"
 RUN_FINISHED = (m.RUN_SUCCEEDED, m.RUN_FAILED, m.RUN_REUSED)
-# A stored spec was validated at submission; quotas changed since must not break it.
-_NO_LIMITS = Limits(max_children=10**9, max_parallel=10**6)
-_specs: dict[tuple[int, str], SearchSpec] = {}
 # The strategy this process last committed per search, with the version it committed: a
 # controller advancing the same search again skips deserialising the checkpoint.
 _strategies: dict[int, tuple[tuple, Strategy]] = {}
-
-
-# -- dispatch ---------------------------------------------------------------------------------
-def ensure_routes() -> None:
-    """(Re)declare the queues and their bindings: an emptied Redis loses the bindings too,
-    and a publish to an exchange without them fails ("Table empty")."""
-    with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        for name in ("controller", "gpu"):
-            app.amqp.queues[name](channel).declare()
-
-
-def queue_length(name: str) -> int:
-    """Messages waiting in a queue (0 when the broker cannot say)."""
-    try:
-        with app.connection_for_read() as conn:
-            return conn.default_channel.queue_declare(queue=name, passive=True).message_count
-    except Exception:  # noqa: BLE001 - a missing queue or a broker without counts
-        return 0
-
-
-def send(name: str, *args) -> None:
-    try:
-        app.send_task(name, args=list(args), retry=False)
-    except Exception:  # noqa: BLE001 - broker hiccup or lost bindings: repair, retry once
-        log.warning("publishing %s%s failed; redeclaring the queues and retrying", name, args)
-        ensure_routes()
-        app.send_task(name, args=list(args))
-
-
-def send_on_commit(name: str, *args) -> None:
-    transaction.on_commit(lambda: send(name, *args))
-
-
-# Every finished child asks for an advance; one waiting advance serves them all. A Redis
-# flag (SET NX, cleared when the advance starts reading) coalesces the requests, so the
-# controller queue does not fill with no-op advances. Without Redis: always send. A flag
-# whose message was lost expires; the reaper re-kicks searches that stall meanwhile.
-PENDING_KEY = "nasnet:advance-pending:%s"
-PENDING_TTL = 60
-_flags: dict[str, object] = {}
-
-
-def _flag_client():
-    url = app.conf.broker_url or ""
-    if not url.startswith(("redis://", "rediss://")):
-        return None
-    if url not in _flags:
-        import redis
-
-        _flags[url] = redis.Redis.from_url(url, socket_timeout=5)
-    return _flags[url]
-
-
-def request_advance(search_id: int) -> None:
-    client = _flag_client()
-    try:
-        if client is not None and not client.set(PENDING_KEY % search_id, 1, nx=True, ex=PENDING_TTL):
-            return  # an advance is already waiting: it will see this result
-    except Exception:  # noqa: BLE001 - no flag, no harm: send anyway
-        log.warning("advance flag for search %s unavailable; sending anyway", search_id, exc_info=True)
-    send(TASK_ADVANCE, search_id)
-
-
-def _clear_request(search_id: int) -> None:
-    client = _flag_client()
-    try:
-        if client is not None:
-            client.delete(PENDING_KEY % search_id)
-    except Exception:  # noqa: BLE001 - the flag expires on its own
-        log.warning("could not clear the advance flag of search %s", search_id, exc_info=True)
 
 
 # -- strategy checkpoints as bytes (nas_engine.strategies.base.checkpoint_bytes) ------------
@@ -148,25 +67,15 @@ def strategy_from_bytes(data: bytes, spec: SearchSpec) -> Strategy:
     return strategy
 
 
-def search_spec(search: m.Search) -> SearchSpec:
-    key = (search.id, json.dumps(search.spec, sort_keys=True))
-    if key not in _specs:
-        if len(_specs) > 256:
-            _specs.clear()
-        _specs[key] = validate_spec(search.spec, data_root=settings.NAS_DATA_ROOT, limits=_NO_LIMITS)
-    return _specs[key]
-
-
 def load_strategy(search: m.Search) -> Strategy:
-    spec = search_spec(search)
+    spec = search.parsed_spec
     if search.checkpoint_at is not None:
         return strategy_from_bytes(search.checkpoint, spec)
     return spec.make_strategy()
 
 
-# -- advance ----------------------------------------------------------------------------------
 def advance(search_id: int) -> None:
-    _clear_request(search_id)  # before reading: a result written from now on asks again
+    dispatch.clear_advance_request(search_id)  # before reading: a result written from now on asks again
     try:
         with transaction.atomic():
             search = m.Search.objects.select_for_update().defer("checkpoint").filter(pk=search_id).first()
@@ -215,7 +124,7 @@ def _cancel(search: m.Search) -> None:
 
 
 def _step(search: m.Search) -> None:
-    spec = search_spec(search)
+    spec = search.parsed_spec
     untold = _untold_runs(search)
     finished = [row for row in untold if row[2] in RUN_FINISHED]
     active = sum(row[2] in m.RUN_ACTIVE for row in untold)
@@ -251,7 +160,7 @@ def _step(search: m.Search) -> None:
     version = _version(search)
     transaction.on_commit(lambda: _strategies.__setitem__(search.id, (version, strategy)))
     for run_id in to_dispatch:
-        send_on_commit(TASK_TRAIN, run_id)
+        dispatch.send_on_commit(dispatch.TASK_TRAIN_CHILD, run_id)
 
 
 def _version(search: m.Search) -> tuple:
@@ -344,97 +253,9 @@ def _counts(spec: SearchSpec, genotypes: list[Genotype]) -> list[tuple[int | Non
     """params and mult-adds, for real children only (the synthetic objective has none)."""
     if spec.objective["name"] != "accuracy":
         return [(None, None)] * len(genotypes)
-    from nas_engine.counting import describe
-    from workers.child import dataset_for
-
     macro = spec.child.macro_config(dataset_for(spec.dataset, spec.seed))
     out = []
     for genotype in genotypes:
         counts = describe(genotype, macro)
         out.append((counts.params, counts.mult_adds))
     return out
-
-
-# -- reap -------------------------------------------------------------------------------------
-def reap() -> dict:
-    """Requeue expired leases, re-dispatch lost messages, re-kick stalled searches."""
-    ensure_routes()
-    now = timezone.now()
-    lease = timedelta(seconds=settings.NAS_LEASE_SECONDS)
-    requeued, failed, redispatched, kicked = [], [], [], set()
-    given_up: list[m.Architecture] = []
-    with transaction.atomic():
-        expired = m.ChildRun.objects.select_for_update(skip_locked=True).filter(
-            status=m.RUN_RUNNING, lease_expires_at__lt=now
-        )
-        for run in expired.select_related("architecture"):
-            if run.attempt < settings.NAS_MAX_ATTEMPTS:
-                run.status, run.dispatched_at, run.lease_expires_at = m.RUN_QUEUED, now, None
-                requeued.append(run.id)
-                log.warning(
-                    "child run %s: lease expired (worker %s, attempt %d), requeued", run.id, run.worker, run.attempt
-                )
-            else:
-                run.status, run.finished_at, run.lease_expires_at = m.RUN_FAILED, now, None
-                run.error = f"lease expired after {run.attempt} attempts"
-                failed.append(run.id)
-                kicked.add(run.architecture.search_id)
-                given_up.append(run.architecture)
-                log.warning("child run %s failed: %s", run.id, run.error)
-            run.save(update_fields=["status", "dispatched_at", "lease_expires_at", "finished_at", "error"])
-        lost = m.ChildRun.objects.select_for_update(skip_locked=True).filter(
-            Q(dispatched_at__lt=now - lease) | Q(dispatched_at__isnull=True),
-            status=m.RUN_QUEUED,
-            architecture__search__status__in=(m.QUEUED, m.RUNNING, m.PAUSED),
-        )
-        # While the gpu queue still holds messages, a run may just be waiting its turn:
-        # re-dispatch once it has drained (an emptied Redis has an empty queue).
-        redispatched = list(lost.values_list("id", flat=True)) if queue_length("gpu") == 0 else []
-        m.ChildRun.objects.filter(id__in=redispatched).update(dispatched_at=now)
-        jobs = _reap_jobs(now)
-        active = m.ChildRun.objects.filter(architecture__search=OuterRef("pk"), status__in=m.RUN_ACTIVE)
-        stalled = (
-            m.Search.objects.annotate(has_active=Exists(active))
-            .filter(Q(status__in=(m.QUEUED, m.CANCELLING)) | Q(status=m.RUNNING, has_active=False))
-            .values_list("id", flat=True)
-        )
-        kicked.update(stalled)
-        for run_id in requeued + redispatched:
-            send_on_commit(TASK_TRAIN, run_id)
-        for search_id in sorted(kicked):
-            send_on_commit(TASK_ADVANCE, search_id)
-        for job_id in jobs:
-            send_on_commit(TASK_TRAIN_JOB, job_id)
-    # After the transaction: publishing locks the Search row, which an advance may hold
-    # while it waits for the child runs locked above.
-    for arch in given_up:
-        live.publish(arch.search_id, *live.finished(arch.id, arch.sample_index, m.RUN_FAILED))
-    if redispatched:
-        log.warning("child runs %s: never claimed within the lease, dispatched again", redispatched)
-    return {
-        "requeued": requeued,
-        "failed": failed,
-        "redispatched": redispatched,
-        "kicked": sorted(kicked),
-        "jobs_requeued": jobs,
-        "workers_lost": fleet.mark_lost_workers(),
-    }
-
-
-def _reap_jobs(now) -> list[int]:
-    """Training jobs whose lease expired: queued again, or failed after NAS_MAX_ATTEMPTS."""
-    expired = m.TrainingJob.objects.select_for_update(skip_locked=True).filter(
-        status=m.RUN_RUNNING, lease_expires_at__lt=now
-    )
-    requeued = []
-    for job in expired:
-        if job.attempt < settings.NAS_MAX_ATTEMPTS:
-            job.status, job.lease_expires_at = m.RUN_QUEUED, None
-            requeued.append(job.id)
-            log.warning("training job %s: lease expired (attempt %d), requeued", job.id, job.attempt)
-        else:
-            job.status, job.finished_at, job.lease_expires_at = m.RUN_FAILED, now, None
-            job.error = f"lease expired after {job.attempt} attempts"
-            log.warning("training job %s failed: %s", job.id, job.error)
-        job.save(update_fields=["status", "lease_expires_at", "finished_at", "error"])
-    return requeued

@@ -1,0 +1,114 @@
+"""Training a child run on a gpu-queue worker: claim, train (or evaluate the synthetic
+objective), write the reward once, ask for an advance.
+
+The claim and every later write follow the lease protocol (webapp.searches.models.LeasedWork):
+a result is written only while the run is still this claim's, so a run taken away from a
+slow worker is never counted twice. Training stops when the search is cancelled or the run
+was taken away. An exception is retried (requeued) until NAS_MAX_ATTEMPTS, then failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+
+from django.conf import settings
+
+from nas_engine.genotype import Genotype
+from nas_engine.trainer import train_child
+from webapp import dispatch
+from webapp.live import events as live
+from webapp.searches import models as m
+from workers.leases import LeaseReporter, lease_kept, worker_id
+from workers.resources import dataset_for, device, objective_for
+
+log = logging.getLogger("nasnet.worker")
+
+
+def claim(run_id: int) -> m.ChildRun | None:
+    return m.ChildRun.claim(run_id, worker_id())
+
+
+def finish(run: m.ChildRun, status: str, *, reward=None, error: str = "", wall_time=None, epochs=None) -> bool:
+    """Write the run's one result, publish it and ask for an advance; False: not ours."""
+    fields = dict(reward=reward, error=error, wall_time=wall_time)
+    if epochs is not None:
+        fields["epochs"] = epochs
+    if not run.finish(status, **fields):
+        log.warning("child run %s: no longer ours (attempt %d), result dropped", run.pk, run.attempt)
+        return False
+    arch = run.architecture
+    search_id = arch.search_id
+    live.publish(search_id, *live.finished(arch.id, arch.sample_index, status, reward, wall_time))
+    took = f" after {wall_time:.1f} s" if wall_time is not None else ""
+    if status == m.RUN_SUCCEEDED:
+        log.info("child run %s of search %s finished: reward %.4f%s", run.pk, search_id, reward, took)
+    elif status == m.RUN_FAILED:
+        log.warning("child run %s of search %s failed%s: %s", run.pk, search_id, took, error)
+    else:
+        log.info("child run %s of search %s %s%s: %s", run.pk, search_id, status, took, error)
+    dispatch.request_advance(search_id)
+    return True
+
+
+def retry_or_fail(run: m.ChildRun, error: str) -> None:
+    if run.attempt >= settings.NAS_MAX_ATTEMPTS:
+        finish(run, m.RUN_FAILED, error=f"{error} (after {run.attempt} attempts)")
+        return
+    if run.requeue():
+        log.warning("child run %s failed on attempt %d (%s), queued for a retry", run.pk, run.attempt, error)
+        dispatch.send(dispatch.TASK_TRAIN_CHILD, run.pk)
+    else:
+        log.warning("child run %s failed on attempt %d (%s); no longer ours, not retried", run.pk, run.attempt, error)
+
+
+def run_child(run_id: int) -> None:
+    run = claim(run_id)
+    if run is None:
+        log.debug("child run %s: not claimable (taken, finished or cancelled)", run_id)
+        return
+    arch = run.architecture
+    spec = arch.search.parsed_spec
+    genotype = Genotype.from_dict(arch.genotype)
+    log.info(
+        "child run %s (#%d of search %s) started on %s, attempt %d",
+        run.pk,
+        arch.sample_index,
+        arch.search_id,
+        run.worker,
+        run.attempt,
+    )
+    start = time.perf_counter()
+    try:
+        if spec.objective["name"] == "synthetic":
+            reward = objective_for(spec)(genotype)
+            elapsed = time.perf_counter() - start
+            if reward is None:
+                finish(run, m.RUN_FAILED, error="synthetic failure", wall_time=elapsed)
+            else:
+                finish(run, m.RUN_SUCCEEDED, reward=reward, wall_time=elapsed)
+            return
+        reporter = LeaseReporter(
+            run,
+            f"child run {run.pk}",
+            arch.search_id,
+            on_epochs=lambda epochs: live.publish(
+                arch.search_id, *live.progress(arch.id, arch.sample_index, epochs[-1])
+            ),
+        )
+        with lease_kept(run, f"child run {run.pk}"):
+            data = dataset_for(spec.dataset, spec.seed)
+        result = train_child(genotype, spec.child, data, device=device(), reporter=reporter)
+    except Exception as exc:
+        log.exception("child run %s: training raised", run.pk)
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        retry_or_fail(run, last)
+        return
+    epochs = [e.to_dict() for e in result.epochs]
+    if result.status == "ok":
+        finish(run, m.RUN_SUCCEEDED, reward=result.reward, wall_time=result.wall_time, epochs=epochs)
+    elif result.status == "diverged":
+        finish(run, m.RUN_FAILED, error=f"diverged: {result.error}", wall_time=result.wall_time, epochs=epochs)
+    elif not reporter.lost:  # stopped because the search is cancelling: the advance cancels it
+        finish(run, m.RUN_CANCELLED, error="search cancelled", wall_time=result.wall_time, epochs=epochs)

@@ -1,0 +1,91 @@
+"""The periodic reaper (beat, every NAS_REAPER_INTERVAL_SECONDS): what makes the service
+durable. The rows say what should be happening; the reaper makes it so.
+
+- leases that ran out (a worker died or stalled): queued again, or failed after
+  NAS_MAX_ATTEMPTS (LeasedWork.expire_leases), for child runs and training jobs alike;
+- queued child runs whose message was lost (a flushed Redis, a publish that failed):
+  dispatched again, once the gpu queue has drained so that a run merely waiting its
+  turn is not sent twice;
+- searches that stall (queued, cancelling, or running with nothing active): advanced;
+- workers silent for too long: marked lost on the staff workers page.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
+
+from webapp import dispatch
+from webapp.live import events as live
+from webapp.searches import models as m
+from workers import fleet
+
+log = logging.getLogger("nasnet.worker")
+
+
+def reap() -> dict:
+    """Requeue expired leases, re-dispatch lost messages, re-kick stalled searches."""
+    dispatch.ensure_queues()
+    now = timezone.now()
+    lease = timedelta(seconds=settings.NAS_LEASE_SECONDS)
+    kicked: set[int] = set()
+    with transaction.atomic():
+        requeued_runs, failed_runs = m.ChildRun.expire_leases(now)
+        for run in requeued_runs:
+            log.warning(
+                "child run %s: lease expired (worker %s, attempt %d), requeued", run.id, run.worker, run.attempt
+            )
+        given_up = list(m.Architecture.objects.filter(runs__in=failed_runs).only("id", "search_id", "sample_index"))
+        for run in failed_runs:
+            log.warning("child run %s failed: %s", run.id, run.error)
+        kicked.update(arch.search_id for arch in given_up)
+
+        lost = m.ChildRun.objects.select_for_update(skip_locked=True).filter(
+            Q(dispatched_at__lt=now - lease) | Q(dispatched_at__isnull=True),
+            status=m.RUN_QUEUED,
+            architecture__search__status__in=(m.QUEUED, m.RUNNING, m.PAUSED),
+        )
+        # While the gpu queue still holds messages, a run may just be waiting its turn:
+        # re-dispatch once it has drained (an emptied Redis has an empty queue).
+        redispatched = list(lost.values_list("id", flat=True)) if dispatch.queue_length(dispatch.QUEUE_GPU) == 0 else []
+        m.ChildRun.objects.filter(id__in=redispatched).update(dispatched_at=now)
+
+        requeued_jobs, failed_jobs = m.TrainingJob.expire_leases(now)
+        for job in requeued_jobs:
+            log.warning("training job %s: lease expired (attempt %d), requeued", job.id, job.attempt)
+        for job in failed_jobs:
+            log.warning("training job %s failed: %s", job.id, job.error)
+
+        active = m.ChildRun.objects.filter(architecture__search=OuterRef("pk"), status__in=m.RUN_ACTIVE)
+        stalled = (
+            m.Search.objects.annotate(has_active=Exists(active))
+            .filter(Q(status__in=(m.QUEUED, m.CANCELLING)) | Q(status=m.RUNNING, has_active=False))
+            .values_list("id", flat=True)
+        )
+        kicked.update(stalled)
+        requeued = [run.id for run in requeued_runs]
+        for run_id in requeued + redispatched:
+            dispatch.send_on_commit(dispatch.TASK_TRAIN_CHILD, run_id)
+        for search_id in sorted(kicked):
+            dispatch.send_on_commit(dispatch.TASK_ADVANCE, search_id)
+        for job in requeued_jobs:
+            dispatch.send_on_commit(dispatch.TASK_TRAIN_JOB, job.id)
+    # After the transaction: publishing locks the Search row, which an advance may hold
+    # while it waits for the child runs locked above.
+    for arch in given_up:
+        live.publish(arch.search_id, *live.finished(arch.id, arch.sample_index, m.RUN_FAILED))
+    if redispatched:
+        log.warning("child runs %s: never claimed within the lease, dispatched again", redispatched)
+    return {
+        "requeued": requeued,
+        "failed": [run.id for run in failed_runs],
+        "redispatched": redispatched,
+        "kicked": sorted(kicked),
+        "jobs_requeued": [job.id for job in requeued_jobs],
+        "workers_lost": fleet.mark_lost_workers(),
+    }
