@@ -3,19 +3,23 @@
 
     python3 local.py [--port 8000] [--children 20] [--data-root DIR] [--no-browser] ...
 
-Creates `.venv` if it is missing, installs requirements.txt and this project into it when
+Checks the options first (`--help` and a bad option answer before anything is installed),
+creates `.venv` if it is missing, installs requirements.txt and this project into it when
 they changed since the last install (a stamp in .venv records what was installed), then
-runs `.venv/bin/python -m webapp.local` with the same options: migrate, a demo team and
-user (credentials printed), the web server and the workers, a demo search, its URL.
-Ctrl-C stops everything; running it again resumes. DATABASE_URL / REDIS_URL, when set,
-are used instead of the embedded SQLite and file broker. `--help` lists every option.
+runs `.venv/bin/python -m workers.local` with the same options: an embedded Valkey server,
+migrate, a demo team and user (credentials printed), the web server and the workers, a
+demo search, its URL. Ctrl-C stops everything; running it again resumes. DATABASE_URL /
+REDIS_URL, when set, are used instead of the embedded SQLite database and Valkey server.
 
-Standard library only: it runs before anything is installed.
+Standard library only: it runs before anything is installed. The options live in
+workers/local_options.py, loaded here by its path (importing the `workers` package would
+need Celery).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -25,6 +29,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 STAMP = VENV / "nasnet-install.stamp"
 INSTALLED_FROM = ("requirements.txt", "pyproject.toml")
+OPTIONS = ROOT / "workers" / "local_options.py"
 
 
 def say(line: str) -> None:
@@ -40,6 +45,14 @@ def wanted_stamp() -> str:
     for name in INSTALLED_FROM:
         digest.update(name.encode() + b"\0" + (ROOT / name).read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def load_options():
+    """workers/local_options.py, by path: standard library only, no package imported."""
+    spec = importlib.util.spec_from_file_location("nasnet_local_options", OPTIONS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def ensure_venv(skip_install: bool) -> Path:
@@ -64,16 +77,19 @@ def main() -> int:
         print(f"error: Python 3.11 or newer is needed, this is {sys.version.split()[0]}", file=sys.stderr)
         return 2
     argv = sys.argv[1:]
-    skip_install = "--skip-install" in argv  # use .venv as it is (offline, or a shared one)
-    argv = [a for a in argv if a != "--skip-install"]
+    args = load_options().parse_args(argv)  # --help and bad options end here, status 0 / 2
+    # Folders named relative to where the user is: absolute before changing to the repository.
+    for flag, path in (("--data-root", args.data_root), ("--state-dir", args.state_dir)):
+        if path is not None:
+            argv += [flag, str(path.expanduser().resolve())]
     try:
-        python = ensure_venv(skip_install)
+        python = ensure_venv(args.skip_install)
     except subprocess.CalledProcessError as exc:
         print(f"error: {' '.join(map(str, exc.cmd))} failed with status {exc.returncode}", file=sys.stderr)
         return 1
     os.chdir(ROOT)
-    # exec: Ctrl-C and SIGTERM go straight to webapp.local, which stops its processes.
-    os.execv(str(python), [str(python), "-m", "webapp.local", *argv])
+    # exec: Ctrl-C and SIGTERM go straight to workers.local, which stops its processes.
+    os.execv(str(python), [str(python), "-m", "workers.local", *argv])
     return 0  # not reached
 
 

@@ -258,7 +258,7 @@ def seed(n: int, seed_value: int = 0) -> dict:
         m.ChildRun.objects.bulk_create(runs, batch_size=BATCH)
     timings["child runs"] = time.perf_counter() - t
 
-    # live events as the orchestrator and the children write them
+    # live events as the advance and the child runs write them
     t = time.perf_counter()
     rewarded = [(a.reward, a) for a in archs if a.reward is not None]
     best = max(rewarded, key=lambda x: x[0])[1]

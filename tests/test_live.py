@@ -237,7 +237,7 @@ def test_non_finite_numbers_are_stored_as_null(personas, search, settings):
     assert SearchEvent.objects.get(search=search).payload["train_loss"] is None
 
 
-def test_the_orchestrator_and_the_child_publish_their_events(layer, personas, monkeypatch):
+def test_the_advance_and_the_child_run_publish_their_events(layer, personas, monkeypatch):
     """In-process advance -> claim -> finish -> advance (tasks recorded, not sent)."""
     from webapp import dispatch
     from webapp.searches import services

@@ -7,7 +7,6 @@ REDIS_URL; `manage.py check --deploy` is clean with those. See README, "Settings
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dj_database_url
@@ -79,9 +78,10 @@ TEMPLATES = [
     },
 ]
 
-# Local mode (`python3 local.py`, webapp/local.py): NAS_LOCAL=1 keeps every piece of state
-# (SQLite, the file broker, beat's schedule) under NAS_LOCAL_DIR, and embedded defaults
-# replace PostgreSQL and Redis unless DATABASE_URL / REDIS_URL are set.
+# Local mode (`python3 local.py`, workers/local.py): NAS_LOCAL=1 keeps every piece of state
+# (SQLite, beat's schedule, the embedded Valkey server's folder) under NAS_LOCAL_DIR, and
+# SQLite there replaces PostgreSQL unless DATABASE_URL is set. Local mode starts its own
+# Valkey server and sets REDIS_URL for every process: nothing below differs for it.
 NAS_LOCAL = env_bool("NAS_LOCAL", False)
 NAS_LOCAL_DIR = env_dir("NAS_LOCAL_DIR", BASE_DIR / ".local")
 if NAS_LOCAL:
@@ -93,7 +93,7 @@ DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several processes (web server, controller, gpu-queue workers) share the file. SQLite
     # ignores SELECT ... FOR UPDATE, so every transaction starts IMMEDIATE: it takes the
-    # database's write lock at BEGIN, and the orchestrator's atomic blocks serialize as the
+    # database's write lock at BEGIN, and the advance's atomic blocks serialize as the
     # row locks serialize them on PostgreSQL. WAL lets readers run beside the one writer;
     # a writer waits up to `timeout` seconds for the lock instead of failing at once.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
@@ -154,13 +154,10 @@ NAS_MAX_ATTEMPTS = env_int("NAS_MAX_ATTEMPTS", 3, minimum=1)
 NAS_REAPER_INTERVAL_SECONDS = env_float("NAS_REAPER_INTERVAL_SECONDS", 30.0, minimum=1.0)
 
 # -- Redis: Celery broker and (from the dashboard on) the Channels layer -------------------------
+# (local mode: the Valkey server it starts, which speaks the same protocol)
 REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", ("redis", "rediss"))
-# Local mode without REDIS_URL: no Redis at all. The broker is kombu's file-system transport
-# (one file per message under NAS_LOCAL_DIR/broker, shared by every local process; exchange
-# bindings in files too), and live events reach the web server through the event relay.
-NAS_EMBEDDED_BROKER = NAS_LOCAL and "REDIS_URL" not in os.environ
 
-CELERY_BROKER_URL = "filesystem://localhost//" if NAS_EMBEDDED_BROKER else REDIS_URL
+CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None  # results live in the database, not in Redis
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]  # never pickle
@@ -172,23 +169,6 @@ CELERY_TASK_DEFAULT_QUEUE = "controller"
 CELERY_TASK_ROUTES = {"workers.tasks.train_child": {"queue": "gpu"}, "workers.tasks.run_training_job": {"queue": "gpu"}}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)}
-if NAS_EMBEDDED_BROKER:
-    _BROKER_DIR = NAS_LOCAL_DIR / "broker"
-    for _sub in ("queue", "processed", "control"):
-        (_BROKER_DIR / _sub).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        # Producers write where consumers read: one folder for every queue.
-        "data_folder_in": str(_BROKER_DIR / "queue"),
-        "data_folder_out": str(_BROKER_DIR / "queue"),
-        # Taken messages are moved here (same file system: an atomic rename, so two
-        # consumers never both take one); webapp.local prunes it.
-        "store_processed": True,
-        "processed_folder": str(_BROKER_DIR / "processed"),
-        "control_folder": str(_BROKER_DIR / "control"),
-        "polling_interval": env_float("NAS_BROKER_POLL_SECONDS", 0.25, minimum=0.01),
-    }
-    # Remote control (pidbox) would poll one more fanout queue per worker for nothing here.
-    CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 CELERY_BEAT_SCHEDULE = {
     "reap": {"task": "workers.tasks.reap", "schedule": NAS_REAPER_INTERVAL_SECONDS},
 }
@@ -197,19 +177,14 @@ if NAS_LOCAL:
     # every second lets Ctrl-C stop it at once rather than after up to a reaper interval.
     CELERY_BEAT_MAX_LOOP_INTERVAL = 1.0
 
-# Live events (webapp.live): Redis in every real deployment; NAS_CHANNEL_LAYER=memory gives an
-# in-process layer (one process only: events published by workers do not reach it);
-# `relay` (local mode without Redis) is an in-process layer fed by the event relay, which
-# polls the stored events of the searches being watched (webapp/live/relay.py).
-NAS_CHANNEL_LAYER = env_str("NAS_CHANNEL_LAYER", "relay" if NAS_EMBEDDED_BROKER else "redis")
-if NAS_CHANNEL_LAYER not in ("redis", "memory", "relay"):
-    raise ImproperlyConfigured("NAS_CHANNEL_LAYER: 'redis', 'memory' or 'relay'")
-NAS_EVENT_RELAY = NAS_CHANNEL_LAYER == "relay"
-NAS_EVENT_RELAY_INTERVAL = env_float("NAS_EVENT_RELAY_INTERVAL", 0.25, minimum=0.01)
+# Live events (webapp.live): Redis in every real deployment (local mode included: its own
+# Valkey server); NAS_CHANNEL_LAYER=memory gives an in-process layer (one process only:
+# events published by workers do not reach it).
+NAS_CHANNEL_LAYER = env_str("NAS_CHANNEL_LAYER", "redis")
+if NAS_CHANNEL_LAYER not in ("redis", "memory"):
+    raise ImproperlyConfigured("NAS_CHANNEL_LAYER: 'redis' or 'memory'")
 if NAS_CHANNEL_LAYER == "memory":
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-elif NAS_EVENT_RELAY:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "webapp.live.relay.RelayChannelLayer"}}
 else:
     CHANNEL_LAYERS = {
         "default": {

@@ -17,7 +17,6 @@ import time
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from webapp.live.events import group_name
@@ -74,15 +73,11 @@ class SearchEventsConsumer(AsyncJsonWebsocketConsumer):
         self.checked_at = time.monotonic()
         self.group = group_name(self.search_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
-        if settings.NAS_EVENT_RELAY:  # local mode without Redis: webapp/live/relay.py
-            await self.channel_layer.watch(self.search_id)
         await self.accept()
 
     async def disconnect(self, code):
         if self.group is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
-            if settings.NAS_EVENT_RELAY:
-                self.channel_layer.unwatch(self.search_id)
 
     async def _allowed(self) -> bool:
         """Still a member (or staff)? Read again once RECHECK_SECONDS have passed."""

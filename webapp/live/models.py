@@ -4,7 +4,7 @@
 `SearchEventCounter` inside the transaction that writes the events, so a rolled-back
 transaction gives its numbers back, and the counter row stays locked until commit, so
 the events of one search commit in `seq` order. The counter is a table of its own (not a
-column on Search) because the orchestrator saves whole Search rows it loaded earlier.
+column on Search) because the advance (workers/advance.py) saves whole Search rows it loaded earlier.
 """
 
 from __future__ import annotations
