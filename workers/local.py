@@ -570,11 +570,7 @@ def after_exit(service: Service, valkey: Service | None) -> None:
         return
     if valkey is not None and (valkey.due is not None or valkey.proc.poll() is not None):
         return
-    try:
-        close_old_connections()
-        recover(broker_empty=False, advance_all=True, why=f"after {service.name}")
-    except Exception as exc:  # noqa: BLE001 - the reaper does the same within NAS_LEASE_SECONDS
-        say(f"could not take back {service.name}'s work now ({type(exc).__name__}: {exc}); the reaper will")
+    take_back(broker_empty=False, why=f"after {service.name}", failing=f"take back {service.name}'s work now")
 
 
 def after_restart(service: Service, port: int | None) -> None:
@@ -586,11 +582,17 @@ def after_restart(service: Service, port: int | None) -> None:
         with contextlib.suppress(ProcessLookupError):
             service.proc.kill()  # noticed as an exit by the next tend: restarted again, or given up
         return
+    take_back(broker_empty=True, why=f"{VALKEY} restarted empty", failing=f"dispatch again after the {VALKEY} restart")
+
+
+def take_back(*, broker_empty: bool, why: str, failing: str) -> None:
+    """recover() now, from the supervisor's loop; a failure is said, never raised: the reaper
+    does the same within NAS_LEASE_SECONDS."""
     try:
         close_old_connections()
-        recover(broker_empty=True, advance_all=True, why=f"{VALKEY} restarted empty")
-    except Exception as exc:  # noqa: BLE001 - the reaper does the same within NAS_LEASE_SECONDS
-        say(f"could not dispatch again after the {VALKEY} restart ({type(exc).__name__}: {exc}); the reaper will")
+        recover(broker_empty=broker_empty, advance_all=True, why=why)
+    except Exception as exc:  # noqa: BLE001 - see above
+        say(f"could not {failing} ({type(exc).__name__}: {exc}); the reaper will")
 
 
 def watch(search_id: int, supervisor: Supervisor, valkey: Service | None, valkey_port: int | None) -> int:
