@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import copy
 import http.client
 import json
 import math
@@ -271,14 +272,14 @@ def seed(n: int, seed_value: int = 0) -> dict:
     search.save()
     events: list[tuple[str, dict]] = []
     finished_count = 0
-    for arch, (status, reward), epochs in zip(archs, outcomes, epoch_lists):
+    for arch, run, (status, reward), epochs in zip(archs, runs, outcomes, epoch_lists):
         events.append(live.sampled(arch))
-        for epoch in epochs:
-            events.append(live.progress(arch.id, arch.sample_index, epoch))
+        for e in range(1, len(epochs) + 1):  # the run as each heartbeat left it
+            training = run_as(run, status=m.RUN_RUNNING, epochs=epochs[:e], reward=None, wall_time=None, error="")
+            events.append(live.progress(training, arch.sample_index))
         if status in m.RUN_ACTIVE:
             continue
-        wall = sum(e["seconds"] for e in epochs)
-        events.append(live.finished(arch.id, arch.sample_index, status, reward, wall))
+        events.append(live.finished(run, arch.sample_index))
         finished_count += 1
         if finished_count % 20 == 0:  # PPO's minibatch of 20
             probs = [[round(rng.random(), 4) for _ in range(k)] for k in sizes]
@@ -294,12 +295,8 @@ def seed(n: int, seed_value: int = 0) -> dict:
             )
             events.append(live.controller(stats, arch.sample_index))
         if finished_count % 100 == 0:
-            events.append(
-                (
-                    live.STATUS,
-                    {**live.status(search)[1], "children_done": finished_count, "children_sampled": arch.sample_index},
-                )
-            )
+            then = {"children_done": finished_count, "children_sampled": arch.sample_index}
+            events.append((live.STATUS, {"search": {**live.status(search)[1]["search"], **then}}))
     rows = [
         SearchEvent(search=search, seq=seq, type=type_, payload=payload)
         for seq, (type_, payload) in enumerate(events, start=1)
@@ -316,6 +313,14 @@ def seed(n: int, seed_value: int = 0) -> dict:
         "running": [a.id for a in archs if a.sample_index in running],
         "timings": timings,
     }
+
+
+def run_as(run, **fields):
+    """A copy of a ChildRun row with other field values: the run at an earlier moment."""
+    earlier = copy.copy(run)
+    for key, value in fields.items():
+        setattr(earlier, key, value)
+    return earlier
 
 
 def existing(n: int) -> dict:
@@ -494,15 +499,16 @@ def publisher_main(args) -> int:
 
     django.setup()
     from django.db import connection
+    from django.db.models import F
 
     from webapp.live import events as live
     from webapp.searches import models as m
 
     search_id = args.publisher
-    archs = list(
-        m.Architecture.objects.filter(search_id=search_id)
-        .order_by("-sample_index")
-        .values_list("id", "sample_index")[:32]
+    runs = list(
+        m.ChildRun.objects.filter(architecture__search_id=search_id)
+        .annotate(sample_index=F("architecture__sample_index"))
+        .order_by("-architecture__sample_index")[:32]
     )
     sizes = len(m.Search.objects.get(pk=search_id).spec.get("space", {}).get("ops", [])) or 13
     connection.ensure_connection()
@@ -518,7 +524,8 @@ def publisher_main(args) -> int:
         delay = due - time.time()
         if delay > 0:
             time.sleep(delay)
-        arch_id, index = archs[i % len(archs)]
+        run = runs[i % len(runs)]
+        index = run.sample_index
         if i % 50 == 49:  # a controller update now and then (about 3 kB)
             stats = SimpleNamespace(
                 step=i,
@@ -532,10 +539,10 @@ def publisher_main(args) -> int:
             )
             event = live.controller(stats, index)
         elif i % 10 == 9:
-            event = live.finished(arch_id, index, m.RUN_SUCCEEDED, rng.random(), 12.5)
+            event = live.finished(run_as(run, status=m.RUN_SUCCEEDED, reward=rng.random(), wall_time=12.5), index)
         else:
             epoch = {"epoch": 1 + i % EPOCHS, "epochs": EPOCHS, "val_acc": rng.random(), "train_loss": rng.random()}
-            event = live.progress(arch_id, index, epoch)
+            event = live.progress(run_as(run, status=m.RUN_RUNNING, epochs=[*run.epochs, epoch]), index)
         t0 = time.time()
         messages = live.publish(search_id, *event)
         published.append([messages[0]["seq"], t0, time.time(), due])

@@ -1,4 +1,4 @@
-"""The command line: `python -m nas_engine {cells,describe,render,train,search}`.
+"""The command line: `python -m nas_engine {cells,describe,render,train,search,export,evaluate}`.
 
 Researchers use the engine without the web app: list the published cells, count a
 cell's parameters and mult-adds at any N@P, draw it, train it on a data set (the
@@ -6,7 +6,7 @@ paper's transfer step), or run a whole search locally. Bad input ends with one l
 naming the option and the reason, and exit status 2.
 
 This module holds the parser and the short commands; `commands/` holds the long ones
-(train, search) and, in `commands/options.py`, the option groups and `CliError` they
+(train, search, export, evaluate) and, in `commands/options.py`, the option groups and `CliError` they
 all share. Imports go one way: cli -> commands.
 """
 
@@ -17,13 +17,19 @@ import json
 import sys
 from pathlib import Path
 
+from nas_engine.bundle import BundleError
 from nas_engine.cells import DESCRIPTIONS, KNOWN_CELLS
+from nas_engine.commands.evaluate import DESCRIPTION as EVALUATE_DESCRIPTION
+from nas_engine.commands.evaluate import add_evaluate_arguments, run_evaluate
+from nas_engine.commands.export import DESCRIPTION as EXPORT_DESCRIPTION
+from nas_engine.commands.export import add_export_arguments, run_export
 from nas_engine.commands.options import (
     CliError,
     add_data_arguments,
     add_genotype_options,
     add_macro_options,
     add_recipe_arguments,
+    add_transfer_arguments,
     default_stem_multiplier,
     load_genotype,
     resolve_n_and_f,
@@ -32,12 +38,18 @@ from nas_engine.commands.search import add_search_arguments, run_search_command
 from nas_engine.commands.train import run_train
 from nas_engine.data import DataError
 from nas_engine.genotype import Genotype, GenotypeError
+from nas_engine.model import ExportError, ModelInputError
 from nas_engine.network import MacroConfig, NetworkError
 from nas_engine.space import SpaceError
 from nas_engine.strategies import StrategyError
 from nas_engine.trainer import RecipeError
 
 EXIT_BAD_INPUT = 2
+# The engine's FieldErrors a command can raise: printed as `error: <field>: <reason>`.
+BAD_INPUT = (
+    GenotypeError, NetworkError, SpaceError, DataError, RecipeError, StrategyError, BundleError, ExportError,
+    ModelInputError,
+)  # fmt: skip
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -132,6 +144,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     return run_search_command(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    return run_export(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    return run_evaluate(args)
+
+
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -172,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_macro_options(p, repeats=2, filters=16)
     add_data_arguments(p)
     add_recipe_arguments(p)
+    add_transfer_arguments(p)
     p.add_argument("--output", "-o", type=Path, help="directory for the bundle: genotype, weights, metrics, recipe")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_train)
@@ -179,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="run a local search", description="Run an architecture search locally.")
     add_search_arguments(p)
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("export", help="a bundle as an ONNX or TorchScript graph", description=EXPORT_DESCRIPTION)
+    add_export_arguments(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", help="score a bundle on a data set", description=EVALUATE_DESCRIPTION)
+    add_evaluate_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -189,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
-    except (GenotypeError, NetworkError, SpaceError, DataError, RecipeError, StrategyError) as exc:
+    except BAD_INPUT as exc:
         print(f"error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

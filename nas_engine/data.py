@@ -13,6 +13,18 @@ Three kinds of source:
     a folder   an ImageFolder layout <class>/<image> under the data root, decoded with PIL
                (the two names above always mean the built-in sets)
 
+A test split, where a data set has one, is kept apart from train and validation: the
+rewards and the selection of a cell read validation accuracy only, and the test split
+scores the final model once (a number that chose a model is never its test score).
+Where it comes from:
+
+    cifar10    the official test batch (10,000 images)
+    a folder   `test_dataset` (another folder under the root, same classes), else a sibling
+               `test/` beside a folder named `train/`
+    carved     `test_size` images held out of the set itself, stratified, by a fixed draw
+               that no seed changes, before the subset and the validation split are taken
+               (digits: 20% by default, as sklearn's set comes in one piece)
+
 Every path is resolved under one data root, and anything resolving outside it (a "..",
 an absolute path elsewhere, a symlink pointing out) is refused: a web form names the
 data set, so this is the boundary between a user's text and the file system. The data
@@ -48,6 +60,13 @@ BUILTIN = ("digits", "cifar10")
 PAPER_TRAIN_SIZE = 50_000
 PAPER_VAL_SIZE = 5_000
 DEFAULT_VAL_FRACTION = 0.1
+# sklearn's digits have no test split: 359 of the 1,797 images (20%) are held out once.
+DIGITS_TEST_FRACTION = 0.2
+# Whether a left-right mirror keeps an image's class: not for digits (a mirrored 2 is no
+# digit). Image folders are taken to be photographs, where it does; a recipe's `flip`
+# overrides both.
+FLIP_SAFE = {"digits": False, "cifar10": True}
+FOLDER_FLIP_SAFE = True
 
 # What torchvision's ImageFolder accepts.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})
@@ -67,7 +86,9 @@ class DataError(FieldError):
 
 @dataclass
 class DatasetSplit:
-    """A training and a validation split as uint8 N x C x H x W tensors."""
+    """Training, validation and (where the set has one) test splits as uint8 N x C x H x W
+    tensors. The validation split may be empty (`val_size: 0`, a final training on every
+    training image); the test split is None when the set has none."""
 
     name: str
     train_images: torch.Tensor = field(repr=False)
@@ -77,10 +98,22 @@ class DatasetSplit:
     classes: list[str] = field(repr=False)
     mean: tuple[float, ...] = ()  # per channel, of the train images scaled to [0, 1]
     std: tuple[float, ...] = ()
+    test_images: torch.Tensor | None = field(default=None, repr=False)
+    test_labels: torch.Tensor | None = field(default=None, repr=False)
+    test_source: str = ""  # where the test split came from, in words ("" without one)
+    flip_safe: bool = True  # may training mirror images left-right (FLIP_SAFE)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def has_val(self) -> bool:
+        return len(self.val_labels) > 0
+
+    @property
+    def has_test(self) -> bool:
+        return self.test_labels is not None and len(self.test_labels) > 0
 
     @property
     def channels(self) -> int:
@@ -98,12 +131,15 @@ class DatasetSplit:
             train_labels=self.train_labels.to(device),
             val_images=self.val_images.to(device),
             val_labels=self.val_labels.to(device),
+            test_images=None if self.test_images is None else self.test_images.to(device),
+            test_labels=None if self.test_labels is None else self.test_labels.to(device),
         )
 
     def __repr__(self) -> str:
+        test = len(self.test_labels) if self.test_labels is not None else 0
         return (
             f"DatasetSplit({self.name!r}, train={len(self.train_labels)}, val={len(self.val_labels)}, "
-            f"classes={self.num_classes}, shape={tuple(self.train_images.shape[1:])})"
+            f"test={test}, classes={self.num_classes}, shape={tuple(self.train_images.shape[1:])})"
         )
 
 
@@ -138,16 +174,22 @@ def load_dataset(
     image_size: int | None = None,
     subset_per_class: int | None = None,
     val_size: int | float | None = None,
+    test_size: int | float | None = None,
+    test_dataset: str | None = None,
     seed: int = 0,
     download: bool = True,
     progress: bool = False,
 ) -> DatasetSplit:
     """Load a data set (decoding it at most once per cache dir) and split it for `seed`.
 
-    `val_size`: a count, or a fraction in (0, 1); by default 5,000 for a 50,000-image
-    set (the paper's protocol), else 10% and at least one image per class. The split is
-    stratified per class; `subset_per_class` first keeps N images of every class.
-    mean/std are measured on the training split only.
+    `val_size`: a count (0: no validation split), or a fraction in (0, 1); by default
+    5,000 for a 50,000-image set (the paper's protocol), else 10% and at least one image
+    per class. The split is stratified per class; `subset_per_class` first keeps N images
+    of every class. mean/std are measured on the training split only.
+
+    The test split (module docstring): `test_dataset` names a folder, `test_size` (a count
+    or a fraction; 0: none) carves one out of a set that has no test split of its own.
+    The seed never changes the test split.
     """
     name = str(name)
     if not name:
@@ -164,11 +206,30 @@ def load_dataset(
     else:
         full = _load_folder(name, root, cache, image_size, progress)
 
-    images, labels = full["images"], full["labels"]
+    images, labels, classes = full["images"], full["labels"], list(full["classes"])
+    test = _own_test_split(name, full, test_dataset, root, cache, image_size, download, progress)
+    if test is not None and test_size:
+        raise DataError(
+            "test_size",
+            f"{full['name']} has a test split already ({test['source']}); "
+            "test_size carves one out of a set that has none",
+        )
+    if test_size is None and name == "digits" and test is None:
+        test_size = DIGITS_TEST_FRACTION
+    if test_size:
+        rest, held_out = _stratified_split(
+            labels, len(classes), test_size, _generator(_HOLDOUT_SEED, 2), field_name="test_size"
+        )
+        test = {
+            "images": images[held_out],
+            "labels": labels[held_out],
+            "source": f"{len(held_out):,} of {len(labels):,} images held out (fixed, stratified)",
+        }
+        images, labels = images[rest], labels[rest]
     if subset_per_class is not None:
-        keep = _balanced_subset(labels, full["classes"], subset_per_class, _generator(seed, 0))
+        keep = _balanced_subset(labels, classes, subset_per_class, _generator(seed, 0))
         images, labels = images[keep], labels[keep]
-    train_idx, val_idx = _stratified_split(labels, len(full["classes"]), val_size, _generator(seed, 1))
+    train_idx, val_idx = _stratified_split(labels, len(classes), val_size, _generator(seed, 1))
     train_images = images[train_idx]
     mean, std = _channel_stats(train_images)
     return DatasetSplit(
@@ -177,10 +238,74 @@ def load_dataset(
         train_labels=labels[train_idx],
         val_images=images[val_idx],
         val_labels=labels[val_idx],
-        classes=list(full["classes"]),
+        classes=classes,
         mean=mean,
         std=std,
+        test_images=None if test is None else test["images"],
+        test_labels=None if test is None else test["labels"],
+        test_source="" if test is None else test["source"],
+        flip_safe=FLIP_SAFE.get(name, FOLDER_FLIP_SAFE),
     )
+
+
+# The held-out test split is drawn with this seed whatever the run's seed is.
+_HOLDOUT_SEED = 0
+
+
+def _own_test_split(
+    name: str,
+    full: dict,
+    test_dataset: str | None,
+    root: Path,
+    cache: Path,
+    image_size: int | None,
+    download: bool,
+    progress: bool,
+) -> dict | None:
+    """The test split a data set brings along: a named folder, CIFAR-10's test batch, or a
+    sibling test/ folder beside train/. None when it has none."""
+    if test_dataset is not None:
+        if not isinstance(test_dataset, str) or not test_dataset or test_dataset in BUILTIN:
+            raise DataError("test_dataset", f"must name an image folder under the data root, got {test_dataset!r}")
+        test = _load_folder(test_dataset, root, cache, image_size, progress, field_name="test_dataset")
+    elif name == "cifar10":
+        test = _load_cifar10(root, cache, image_size, download, train=False)
+    elif name != "digits" and _sibling_test(name, root) is not None:
+        test = _load_folder(_sibling_test(name, root), root, cache, image_size, progress, field_name="test_dataset")
+    else:
+        return None
+    if list(test["classes"]) != list(full["classes"]):
+        raise DataError(
+            "test_dataset",
+            f"{test['name']} has classes {_few(test['classes'])} but {full['name']} has {_few(full['classes'])}; "
+            "a test split needs the same classes, in the same order",
+        )
+    if test["images"].shape[1:] != full["images"].shape[1:]:
+        raise DataError(
+            "test_dataset",
+            f"{test['name']} images are {tuple(test['images'].shape[1:])} but {full['name']} images are "
+            f"{tuple(full['images'].shape[1:])}; pass image_size to resize both",
+        )
+    source = "cifar10 test batch" if name == "cifar10" and test_dataset is None else f"folder {test['name']}"
+    return {"images": test["images"], "labels": test["labels"], "source": f"{source} ({len(test['labels']):,} images)"}
+
+
+def _sibling_test(name: str, root: Path) -> str | None:
+    """`x/test` for a folder `x/train` when it exists, relative to the root."""
+    try:
+        folder = resolve_under_root(name, root)
+        sibling = folder.parent / "test"
+        if folder.name != "train" or not sibling.is_dir():
+            return None
+        resolve_under_root(sibling, root)
+    except (DataError, OSError):
+        return None
+    return sibling.relative_to(Path(root).resolve()).as_posix()
+
+
+def _few(names: list[str], shown: int = 5) -> str:
+    head = ", ".join(repr(n) for n in names[:shown])
+    return f"[{head}{', ...' if len(names) > shown else ''}] ({len(names)})"
 
 
 # -- the three sources ---------------------------------------------------------------------
@@ -202,7 +327,7 @@ def _load_digits(cache_dir: Path, image_size: int | None) -> dict:
     return {**data, "name": "digits"}
 
 
-def _load_cifar10(data_root: Path, cache_dir: Path, image_size: int | None, download: bool) -> dict:
+def _load_cifar10(data_root: Path, cache_dir: Path, image_size: int | None, download: bool, train: bool = True) -> dict:
     root = Path(data_root).resolve()
     folder = resolve_under_root("cifar10", root)
     batches = folder / "cifar-10-batches-py"
@@ -216,15 +341,16 @@ def _load_cifar10(data_root: Path, cache_dir: Path, image_size: int | None, down
         from torchvision import datasets
 
         try:
-            ds = datasets.CIFAR10(root=str(folder), train=True, download=False)
+            ds = datasets.CIFAR10(root=str(folder), train=train, download=False)
         except RuntimeError as exc:  # torchvision's "not found or corrupted" (checksums)
             raise DataError("dataset", _cifar10_missing(root, folder, str(exc))) from None
         images = _resize(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), image_size)
         return {"images": images, "labels": torch.tensor(ds.targets, dtype=torch.int64), "classes": list(ds.classes)}
 
     fingerprint = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(batches))
-    data = _cached(cache_dir, "cifar10", str(folder), image_size, fingerprint, build)
-    return {**data, "name": "cifar10"}
+    kind = "cifar10" if train else "cifar10-test"
+    data = _cached(cache_dir, kind, str(folder), image_size, fingerprint, build)
+    return {**data, "name": kind}
 
 
 def _cifar10_missing(root: Path, folder: Path, why: str) -> str:
@@ -263,19 +389,32 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
-def _load_folder(name: str, data_root: Path, cache_dir: Path, image_size: int | None, progress: bool) -> dict:
+def _load_folder(
+    name: str,
+    data_root: Path,
+    cache_dir: Path,
+    image_size: int | None,
+    progress: bool,
+    field_name: str = "dataset",
+) -> dict:
     root = Path(data_root).resolve()
-    folder = resolve_under_root(name, root)
+    try:
+        folder = resolve_under_root(name, root)
+    except DataError as exc:
+        raise DataError(field_name, exc.reason) from None
     if not folder.exists():
         raise DataError(
-            "dataset",
+            field_name,
             f"unknown data set {name!r}: no folder {folder} exists. Choices: {', '.join(BUILTIN)}, "
             f"or an image folder under {root} laid out as <class>/<image>",
         )
     if not folder.is_dir():
-        raise DataError("dataset", f"{folder} is a file; an image folder is laid out as <class>/<image>")
+        raise DataError(field_name, f"{folder} is a file; an image folder is laid out as <class>/<image>")
     _refuse_cache_inside(cache_dir, folder)
-    classes, paths, labels, fingerprint = _scan_folder(folder, root)
+    try:
+        classes, paths, labels, fingerprint = _scan_folder(folder, root)
+    except DataError as exc:
+        raise DataError(field_name, exc.reason) from None
     label = folder.relative_to(root).as_posix()
 
     def build() -> dict:
@@ -487,24 +626,25 @@ def _balanced_subset(labels: torch.Tensor, classes: list[str], per_class: int, g
     return torch.cat(keep).sort().values
 
 
-def _val_count(n: int, num_classes: int, val_size: int | float | None) -> int:
+def _val_count(n: int, num_classes: int, val_size: int | float | None, field_name: str = "val_size") -> int:
+    """How many of n images a split holds out: a count (0: none) or a fraction in (0, 1)."""
     if val_size is None:
         if n == PAPER_TRAIN_SIZE:
             return PAPER_VAL_SIZE
         # At least one image per class, so that small subsets keep every class in both splits.
         count = min(max(round(n * DEFAULT_VAL_FRACTION), num_classes), n - num_classes)
     elif isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
-        raise DataError("val_size", f"must be a count or a fraction in (0, 1), got {val_size!r}")
+        raise DataError(field_name, f"must be a count or a fraction in (0, 1), got {val_size!r}")
     elif isinstance(val_size, float):
         if not 0.0 < val_size < 1.0:
-            raise DataError("val_size", f"a fraction must be in (0, 1), got {val_size}")
+            raise DataError(field_name, f"a fraction must be in (0, 1), got {val_size}")
         count = max(1, round(n * val_size))
     else:
         count = val_size
-    if count < 1:
-        raise DataError("val_size", f"must be at least 1, got {count} (from {val_size!r} of {n} images)")
+    if count < 0:
+        raise DataError(field_name, f"must be 0 or more, got {count}")
     if count > n - num_classes:
-        raise DataError("val_size", f"{count} validation images out of {n} would leave a class with no training image")
+        raise DataError(field_name, f"{count} held-out images out of {n} would leave a class with no training image")
     return count
 
 
@@ -531,10 +671,14 @@ def _stratified_counts(counts: list[int], total: int) -> list[int]:
 
 
 def _stratified_split(
-    labels: torch.Tensor, num_classes: int, val_size: int | float | None, gen: torch.Generator
+    labels: torch.Tensor,
+    num_classes: int,
+    val_size: int | float | None,
+    gen: torch.Generator,
+    field_name: str = "val_size",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     members = [(labels == c).nonzero().flatten() for c in range(num_classes)]
-    total = _val_count(len(labels), num_classes, val_size)
+    total = _val_count(len(labels), num_classes, val_size, field_name)
     takes = _stratified_counts([len(m) for m in members], total)
     train, val = [], []
     for idx, take in zip(members, takes):

@@ -117,6 +117,12 @@ class SyntheticObjective:
         return 1.0 / (1.0 + math.exp(-(REWARD_SCALE * self.z(genotype) - REWARD_SHIFT)))
 
     def __call__(self, genotype: Genotype) -> float | None:
+        return self.draw(genotype, 0)
+
+    def draw(self, genotype: Genotype, draw: int) -> float | None:
+        """The reward of another training of the same architecture (another seed): draw 0
+        is `self(genotype)`; other draws have their own noise, seeded the same way, and the
+        same failure (a failing architecture fails on every draw)."""
         if self.duration_s:
             time.sleep(self.duration_s)
         if not (self.noise or self.failure_rate):
@@ -124,6 +130,8 @@ class SyntheticObjective:
         rng = random.Random(f"{self.seed}:{genotype.canonical_hash()}")
         if rng.random() < self.failure_rate:
             return None
+        if draw:
+            rng = random.Random(f"{self.seed}:{genotype.canonical_hash()}:{draw}")
         return min(1.0, max(0.0, self.reward(genotype) + self.noise * rng.gauss(0.0, 1.0)))
 
     def optimum(self) -> tuple[Genotype, float]:

@@ -16,6 +16,8 @@ CHANGELISTS = [
     "/admin/searches/architecture/",
     "/admin/searches/childrun/",
     "/admin/searches/trainingjob/",
+    "/admin/searches/selection/",
+    "/admin/searches/selectionrun/",
 ]
 
 
@@ -25,6 +27,18 @@ def search(personas):
     make_architecture(search, 0, reward=0.91)
     make_architecture(search, 1, run_status=m.RUN_FAILED)
     return search
+
+
+@pytest.fixture
+def selection(personas, search):
+    """A top-K selection of the search's first architecture: one seed done, one running."""
+    arch = search.architectures.get(sample_index=0)
+    selection = m.Selection.objects.create(
+        search=search, owner=personas.owner, top_k=1, seeds=2, recipe={"epochs": 2}, status=m.RUN_RUNNING
+    )
+    m.SelectionRun.objects.create(selection=selection, architecture=arch, seed=0, status=m.RUN_SUCCEEDED, reward=0.93)
+    m.SelectionRun.objects.create(selection=selection, architecture=arch, seed=1, status=m.RUN_RUNNING, attempt=1)
+    return selection
 
 
 def test_a_non_staff_member_is_sent_to_the_admin_login(client, personas):
@@ -39,7 +53,7 @@ def test_an_anonymous_visitor_is_sent_to_the_admin_login(client, db):
 
 
 @pytest.mark.parametrize("url", CHANGELISTS)
-def test_staff_can_list_search_and_filter_every_model(client, personas, search, url):
+def test_staff_can_list_search_and_filter_every_model(client, personas, search, selection, url):
     m.TrainingJob.objects.create(
         team=personas.alpha, owner=personas.owner, name="job", genotype={}, dataset={}, recipe={}
     )
@@ -54,9 +68,11 @@ def test_staff_can_list_search_and_filter_every_model(client, personas, search, 
     [
         ("/admin/searches/search/", {"status__exact": "running"}),
         ("/admin/searches/childrun/", {"status__exact": "failed"}),
+        ("/admin/searches/selection/", {"kind__exact": "top_k", "status__exact": "running"}),
+        ("/admin/searches/selectionrun/", {"status__exact": "running"}),
     ],
 )
-def test_filters_narrow_the_lists(client, personas, search, url, params):
+def test_filters_narrow_the_lists(client, personas, search, selection, url, params):
     client.force_login(personas.staff)
     response = client.get(url, params)
     assert response.status_code == 200 and response.context["cl"].result_count == 1
@@ -120,4 +136,26 @@ def test_the_promote_action_queues_a_training_job_at_scale_on_the_searchs_data_s
     assert (job.architecture, job.team, job.owner) == (arch, personas.alpha, personas.staff)
     assert (job.recipe["repeats"], job.recipe["filters"], job.recipe["epochs"]) == (6, 32, 600)
     assert job.recipe["aux_weight"] == 0.4 and job.recipe["cutout"] == 0  # no cutout on 8x8 digits
-    assert job.dataset == search.spec["dataset"]
+    assert job.dataset == search.parsed_spec.dataset  # the validated form (test split fields included)
+
+
+def test_the_selection_page_is_read_only_with_its_ranking_and_runs(client, personas, search, selection):
+    arch = search.architectures.get(sample_index=0)
+    client.force_login(personas.staff)
+    body = client.get(f"/admin/searches/selection/{selection.id}/change/").content.decode()
+    assert f'/admin/searches/architecture/{arch.id}/change/">#0</a>: 0.9300 (n=1, failed 0)' in body
+    assert f"?selection__id__exact={selection.id}" in body and "all 2 runs" in body
+    assert 'name="status"' not in body and 'name="top_k"' not in body  # read-only
+    assert client.get("/admin/searches/selection/add/").status_code == 403
+    assert client.get("/admin/searches/selectionrun/add/").status_code == 403
+    run = selection.runs.get(seed=0)
+    body = client.get(f"/admin/searches/selectionrun/{run.id}/change/").content.decode()
+    assert 'name="reward"' not in body and "0.93" in body
+
+
+def test_the_cancel_action_cancels_selections_through_the_service(client, personas, selection):
+    client.force_login(personas.staff)
+    client.post("/admin/searches/selection/", {"action": "cancel_selections", "_selected_action": [selection.id]})
+    selection.refresh_from_db()
+    assert selection.status == m.RUN_CANCELLED
+    assert selection.runs.get(seed=1).status == m.RUN_CANCELLED and selection.runs.get(seed=0).reward == 0.93

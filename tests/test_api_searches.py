@@ -87,6 +87,13 @@ BAD_SPECS = [
     ("spec.dataset.subset_per_class", {**SPEC, "dataset": {"name": "digits", "subset_per_class": 0}}),
     ("spec.dataset.image_size", {**SPEC, "dataset": {"name": "digits", "image_size": "big"}}),
     ("spec.dataset.colour", {**SPEC, "dataset": {"name": "digits", "colour": True}}),
+    ("spec.dataset.val_size", {**SPEC, "dataset": {"name": "digits", "val_size": 0}}),  # rewards need it
+    ("spec.dataset.val_size", {**SPEC, "dataset": {"name": "digits", "val_size": -3}}),
+    ("spec.dataset.test_size", {**SPEC, "dataset": {"name": "digits", "test_size": 1.5}}),
+    ("spec.dataset.test_dataset", {**SPEC, "dataset": {"name": "digits", "test_dataset": "../../etc"}}),
+    ("spec.dataset.test_dataset", {**SPEC, "dataset": {"name": "digits", "test_dataset": "cifar10"}}),
+    ("spec.child.crop_padding", {**SPEC, "child": {"crop_padding": -1}}),
+    ("spec.child.flip", {**SPEC, "child": {"flip": "sometimes"}}),
     ("spec.space.ops", {**SPEC, "space": {"ops": ["conv_99x99"]}}),
     ("spec.space.ops", {**SPEC, "space": {"ops": []}}),
     ("spec.space.ops", {**SPEC, "space": {"ops": "identity"}}),

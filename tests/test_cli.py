@@ -136,7 +136,8 @@ def test_train_writes_a_bundle_on_real_data(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["status"] == "ok" and 0 <= summary["reward"] <= 1
-    assert {p.name for p in out.iterdir()} == {"genotype.json", "recipe.json", "metrics.json", "weights.pt"}
+    names = {p.name for p in out.iterdir()}
+    assert names == {"model.json", "genotype.json", "recipe.json", "metrics.json", "weights.pt"}
     assert json.loads((out / "recipe.json").read_text())["filters"] == 6
 
 

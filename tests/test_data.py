@@ -50,11 +50,18 @@ def load(name: str, root: Path, cache: Path, **kw) -> DatasetSplit:
 
 
 def all_images(split: DatasetSplit) -> torch.Tensor:
-    return torch.cat([split.train_images, split.val_images])
+    test = [] if split.test_images is None else [split.test_images]
+    return torch.cat([split.train_images, split.val_images, *test])
 
 
 def all_labels(split: DatasetSplit) -> torch.Tensor:
-    return torch.cat([split.train_labels, split.val_labels])
+    test = [] if split.test_labels is None else [split.test_labels]
+    return torch.cat([split.train_labels, split.val_labels, *test])
+
+
+def rows(images: torch.Tensor) -> set[bytes]:
+    """Each image as bytes: to compare splits by content."""
+    return {bytes(x.flatten().tolist()) for x in images}
 
 
 def tree(path: Path) -> dict[str, tuple[int, int]]:
@@ -70,8 +77,75 @@ def test_digits_are_1797_grey_8x8_uint8_images_of_ten_classes(cache):
     assert split.classes == [str(d) for d in range(10)]
     assert (split.num_classes, split.channels, split.image_size) == (10, 1, 8)
     assert int(images.min()) == 0 and int(images.max()) == 255  # 0..16 stretched to 0..255
-    assert len(split.val_labels) == 180  # 10% by default
+    assert len(split.test_labels) == 359  # 20% held out as the test split
+    assert len(split.val_labels) == 144  # 10% of the rest by default
     assert sorted(all_labels(split).unique().tolist()) == list(range(10))
+    assert split.flip_safe is False  # a mirrored digit is no digit
+
+
+# -- test splits ---------------------------------------------------------------------------------
+def test_the_digits_test_split_is_fixed_disjoint_and_the_same_for_every_seed(cache):
+    a = load_dataset("digits", cache_dir=cache, seed=0)
+    b = load_dataset("digits", cache_dir=cache, seed=7, subset_per_class=50, val_size=0.3)
+    assert torch.equal(a.test_images, b.test_images) and torch.equal(a.test_labels, b.test_labels)
+    assert not torch.equal(a.val_labels, load_dataset("digits", cache_dir=cache, seed=7).val_labels)
+    held_out = rows(a.test_images)
+    for split in (a, b):
+        assert not held_out & rows(split.train_images)
+        assert not held_out & rows(split.val_images)
+    assert a.test_labels.bincount().tolist() == [36, 36, 35, 37, 36, 36, 36, 36, 35, 36]  # stratified
+    assert "359 of 1,797" in a.test_source and a.has_test
+
+
+def test_test_size_zero_keeps_every_digit_for_training_and_validation(cache):
+    split = load_dataset("digits", cache_dir=cache, test_size=0)
+    assert split.test_labels is None and not split.has_test and split.test_source == ""
+    assert len(split.train_labels) + len(split.val_labels) == 1797
+
+
+def test_val_size_zero_trains_on_the_whole_training_split(cache):
+    split = load_dataset("digits", cache_dir=cache, val_size=0)
+    assert len(split.val_labels) == 0 and not split.has_val
+    assert len(split.train_labels) == 1797 - 359
+    assert split.val_images.shape[1:] == (1, 8, 8)
+
+
+@needs_cifar_jpeg
+def test_test_size_carves_a_held_out_split_out_of_a_folder(root, cache):
+    split = load("cifar", root, cache, test_size=50)
+    assert len(split.test_labels) == 50 and split.test_labels.bincount().tolist() == [5] * 10
+    assert len(split.train_labels) + len(split.val_labels) == 150
+    assert not rows(split.test_images) & (rows(split.train_images) | rows(split.val_images))
+    assert split.flip_safe is True
+
+
+@needs_cifar_jpeg
+def test_a_sibling_test_folder_beside_train_is_the_test_split(tmp_path, cache):
+    copy_cifar_slice(tmp_path / "data" / "set" / "train", per_class=6)
+    test = tmp_path / "data" / "set" / "test"
+    for name in CLASSES:  # other images than the training ones: the last 3 of each class
+        (test / name).mkdir(parents=True)
+        for file in sorted(os.listdir(CIFAR_JPEG / name))[-3:]:
+            shutil.copy2(CIFAR_JPEG / name / file, test / name / file)
+    split = load("set/train", tmp_path / "data", cache)
+    assert len(split.test_labels) == 30 and split.test_source == "folder set/test (30 images)"
+    assert len(split.train_labels) + len(split.val_labels) == 60
+    with pytest.raises(DataError, match="has a test split already") as err:
+        load("set/train", tmp_path / "data", cache, test_size=10)
+    assert err.value.field == "test_size"
+
+
+@needs_cifar_jpeg
+def test_a_test_dataset_with_other_classes_is_refused(tmp_path, cache):
+    copy_cifar_slice(tmp_path / "data" / "a", per_class=3)
+    copy_cifar_slice(tmp_path / "data" / "b", per_class=3)
+    shutil.rmtree(tmp_path / "data" / "b" / "truck")
+    with pytest.raises(DataError, match="same classes") as err:
+        load("a", tmp_path / "data", cache, test_dataset="b")
+    assert err.value.field == "test_dataset"
+    with pytest.raises(DataError, match="outside the data root") as err:
+        load("a", tmp_path / "data", cache, test_dataset="../elsewhere")
+    assert err.value.field == "test_dataset"
 
 
 def test_digits_can_be_upsampled_with_image_size(cache):
@@ -216,7 +290,7 @@ def test_uneven_classes_get_a_proportional_share_that_sums_to_the_request():
 
 
 @needs_cifar_jpeg
-@pytest.mark.parametrize("val_size", [0, -1, 0.0, 1.0, 1.5, 191, True, "10"])
+@pytest.mark.parametrize("val_size", [-1, 0.0, 1.0, 1.5, 191, True, "10"])
 def test_an_impossible_val_size_is_refused(root, cache, val_size):
     with pytest.raises(DataError) as err:
         load("cifar", root, cache, val_size=val_size)
@@ -250,7 +324,7 @@ def test_to_moves_every_tensor_and_keeps_the_rest(root, cache):
     split = load("cifar", root, cache).to("cpu")
     assert split.train_images.device.type == "cpu" and split.val_labels.device.type == "cpu"
     assert split.classes == CLASSES
-    assert "train=180" in repr(split)
+    assert "train=180" in repr(split) and "test=0" in repr(split)
 
 
 @pytest.mark.parametrize(("option", "value"), [("image_size", 0), ("subset_per_class", -2), ("image_size", 1.5)])

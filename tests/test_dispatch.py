@@ -12,12 +12,19 @@ from webapp import dispatch
 def test_every_task_name_is_a_task_the_workers_define_and_routes_agree():
     import workers.tasks  # noqa: F401 - registers the tasks on the app
 
-    names = {dispatch.TASK_ADVANCE, dispatch.TASK_TRAIN_CHILD, dispatch.TASK_TRAIN_JOB, dispatch.TASK_REAP}
+    names = {
+        dispatch.TASK_ADVANCE,
+        dispatch.TASK_TRAIN_CHILD,
+        dispatch.TASK_TRAIN_JOB,
+        dispatch.TASK_TRAIN_SELECTION,
+        dispatch.TASK_REAP,
+    }
     assert names <= set(dispatch.app.tasks)
     routes = settings.CELERY_TASK_ROUTES
     assert routes == {
         dispatch.TASK_TRAIN_CHILD: {"queue": dispatch.QUEUE_GPU},
         dispatch.TASK_TRAIN_JOB: {"queue": dispatch.QUEUE_GPU},
+        dispatch.TASK_TRAIN_SELECTION: {"queue": dispatch.QUEUE_GPU},
     }
     assert settings.CELERY_TASK_DEFAULT_QUEUE == dispatch.QUEUE_CONTROLLER
     assert {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()} == {dispatch.TASK_REAP}

@@ -121,6 +121,9 @@ def test_chart_json_last_seq_and_controller_history(client, personas, search):
     client.force_login(personas.owner)
     data = chart(client, search)
     assert data["last_seq"] == 4
+    # the page's first status is what a search.status event carries (one applyStatus for both)
+    assert data["status"] == live.status(m.Search.objects.get(pk=search.pk))[1]["search"]
+    assert "spec" not in data["status"] and data["status"]["owner"] == personas.owner.username
     assert data["rl"] is True
     ctl = data["controller"]
     assert ctl["step"] == [0, 1, 2] and ctl["entropy"] == [3.0, 2.0, 1.0] and ctl["baseline"] == [0.0, 0.25, 0.5]
@@ -259,8 +262,10 @@ def test_search_page_escapes_user_text(client, personas):
     for url in (f"/searches/{search.id}", "/"):
         body = client.get(url).content.decode()
         assert "<img src=x" not in body and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in body
-    data = client.get(f"/searches/{search.id}/chart.json").content.decode()
-    assert "<img" not in data
+    response = client.get(f"/searches/{search.id}/chart.json")
+    data = response.content.decode()
+    assert "<img" not in data and "\\u003cimg" in data  # the name is in the status, escaped
+    assert response.json()["status"]["name"] == evil[:200]  # the same text once parsed
 
 
 # -- the index: sparkline and live rows ------------------------------------------------------

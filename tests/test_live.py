@@ -78,9 +78,24 @@ def communicator(search_id: int, headers) -> WebsocketCommunicator:
 
 apublish = sync_to_async(live.publish)
 
+# The size rule of webapp.live.events.model_dict, written out again (not imported) so that a
+# change to either side fails here: an event carries the row's to_dict() less these immutable
+# bulky fields, its `epochs` list cut to the newest entry, and nothing else changed.
+OMITTED = {m.Search: {"spec"}, m.Architecture: {"genotype"}, m.TrainingJob: {"genotype", "dataset"}}
+
+
+def event_shape(row) -> dict:
+    data = {k: v for k, v in row.to_dict().items() if k not in OMITTED.get(type(row), set())}
+    if "epochs" in data:
+        data["epochs"] = data["epochs"][-1:]
+    return data
+
 
 def progress(i: int) -> tuple[str, dict]:
-    return live.progress(1, i, {"epoch": i, "epochs": 10, "val_acc": 0.5, "train_loss": 1.0})
+    """A child.progress event of an unsaved run (payloads are JSON: no row is needed)."""
+    run = m.ChildRun(id=1, architecture_id=1, status=m.RUN_RUNNING, attempt=1, worker="w")
+    run.epochs = [{"epoch": i, "epochs": 10, "val_acc": 0.5, "train_loss": 1.0}]
+    return live.progress(run, i)
 
 
 def test_a_member_receives_a_published_event(layer, personas, search):
@@ -93,8 +108,9 @@ def test_a_member_receives_a_published_event(layer, personas, search):
         assert connected
         await apublish(search.id, *live.status(search))
         event = await ws.receive_json_from(timeout=TIMEOUT)
-        assert event["seq"] == 1 and event["type"] == "search.status" and event["search"] == search.id
-        assert event["status"] == m.RUNNING and event["children_total"] == 20
+        assert event["seq"] == 1 and event["type"] == "search.status" and event["search_id"] == search.id
+        assert event["search"]["status"] == m.RUNNING and event["search"]["children_total"] == 20
+        assert event["search"]["id"] == search.id and event["search"]["owner"] == personas.owner.username
         await ws.disconnect()
 
     scenario()
@@ -233,8 +249,11 @@ def test_a_broken_channel_layer_never_breaks_a_publish(settings, personas, searc
 
 def test_non_finite_numbers_are_stored_as_null(personas, search, settings):
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    live.publish(search.id, *live.progress(1, 0, {"epoch": 1, "epochs": 2, "val_acc": 0.1, "train_loss": float("nan")}))
-    assert SearchEvent.objects.get(search=search).payload["train_loss"] is None
+    run = m.ChildRun(id=1, architecture_id=1, status=m.RUN_RUNNING, reward=float("inf"))
+    run.epochs = [{"epoch": 1, "epochs": 2, "val_acc": 0.1, "train_loss": float("nan")}]
+    live.publish(search.id, *live.progress(run, 0))
+    stored = SearchEvent.objects.get(search=search).payload["run"]
+    assert stored["epochs"][0]["train_loss"] is None and stored["reward"] is None
 
 
 def test_the_advance_and_the_child_run_publish_their_events(layer, personas, monkeypatch):
@@ -257,14 +276,18 @@ def test_the_advance_and_the_child_run_publish_their_events(layer, personas, mon
     types = [e.type for e in events]
     assert types[:3] == ["architecture.sampled", "architecture.sampled", "search.status"]
     assert types[3:5] == ["child.finished", "child.finished"]
-    assert types[-1] == "search.status" and events[-1].payload["status"] == m.FINISHED
-    assert events[-1].payload["children_done"] == 2
-    finished = events[3].payload
+    assert types[-1] == "search.status" and events[-1].payload["search"]["status"] == m.FINISHED
+    assert events[-1].payload["search"]["children_done"] == 2
+    search.refresh_from_db()
+    assert events[-1].payload["search"] == event_shape(search)  # the row as the last advance left it
+    finished = events[3].payload["run"]
     assert finished["status"] == m.RUN_SUCCEEDED and 0 <= finished["reward"] <= 1 and finished["wall_time"] >= 0
+    assert finished == event_shape(m.ChildRun.objects.get(pk=finished["id"]))  # the row as finish() wrote it
+    assert events[3].payload["sample_index"] == m.Architecture.objects.get(pk=finished["architecture"]).sample_index
     sampled = events[0].payload
-    arch = m.Architecture.objects.get(pk=sampled["architecture"])
-    assert sampled["canonical_hash"] == arch.canonical_hash and sampled["url"] == f"/architectures/{arch.id}"
-    assert sampled["svg"] == f"/architectures/{arch.id}/cells.svg"
+    arch = m.Architecture.objects.get(pk=sampled["architecture"]["id"])
+    assert sampled["architecture"]["canonical_hash"] == arch.canonical_hash
+    assert sampled["url"] == f"/architectures/{arch.id}" and sampled["svg"] == f"/architectures/{arch.id}/cells.svg"
 
 
 def test_controller_updates_carry_the_policy_for_the_heatmap(layer, personas, monkeypatch):
@@ -318,11 +341,12 @@ def test_a_training_job_publishes_its_progress_to_the_search(layer, personas, se
     )
     training_jobs.run_training_job(job.id)
     job.refresh_from_db()
-    events = [e.payload for e in SearchEvent.objects.filter(search=search, type="job.progress").order_by("seq")]
-    assert events[0]["status"] == m.RUN_RUNNING and events[0]["job"] == job.id
+    events = [e.payload["job"] for e in SearchEvent.objects.filter(search=search, type="job.progress").order_by("seq")]
+    assert events[0]["status"] == m.RUN_RUNNING and events[0]["id"] == job.id and events[0]["epochs"] == []
     assert events[-1]["status"] == job.status == m.RUN_SUCCEEDED
     assert events[-1]["architecture"] == arch.id and events[-1]["reward"] == job.reward
-    assert any(e["epoch"] == 1 and e["epochs"] == 1 for e in events)
+    assert events[-1] == event_shape(job) and events[-1]["has_bundle"] is True
+    assert any(e["epochs"] and e["epochs"][-1]["epoch"] == 1 and e["epochs"][-1]["epochs"] == 1 for e in events)
 
 
 def test_a_member_who_leaves_the_team_is_disconnected(layer, personas, search, monkeypatch):
@@ -345,3 +369,119 @@ def test_a_member_who_leaves_the_team_is_disconnected(layer, personas, search, m
         assert closed == {"type": "websocket.close", "code": 4403}
 
     scenario()
+
+
+# -- the payloads are the models' to_dict() ------------------------------------------------------
+def epoch_list(n: int) -> list[dict]:
+    return [
+        {"epoch": e, "epochs": n, "train_loss": 2.0 / e, "train_acc": 0.1 * e, "val_acc": 0.1 * e, "lr": 0.05}
+        for e in range(1, n + 1)
+    ]
+
+
+def test_every_event_carries_its_rows_to_dict_less_the_documented_omissions(personas, search, settings):
+    """One rule for every model event (webapp.live.events.model_dict): the stored payload's
+    model dict is the row's to_dict() (the API's shape) less the omissions its docstring
+    names, with `epochs` cut to the newest; the shapes cannot drift apart."""
+    from django.utils import timezone
+
+    from nas_engine.cells import NASNET_A
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    assert {model: set(fields) for model, fields in live.OMITTED.items()} == OMITTED  # the rule written out above
+    for fields in live.OMITTED.values():
+        assert all(f"`{field}`" in live.model_dict.__doc__ for field in fields)
+    now = timezone.now()
+    arch = m.Architecture.objects.create(
+        search=search, sample_index=4, genotype=NASNET_A.to_dict(), canonical_hash="h", params=123, mult_adds=456
+    )
+    run = m.ChildRun.objects.create(
+        architecture=arch, status=m.RUN_SUCCEEDED, attempt=2, worker="gpu0@box:1", epochs=epoch_list(3),
+        reward=0.3, wall_time=12.5, started_at=now, finished_at=now,
+    )  # fmt: skip
+    job = m.TrainingJob.objects.create(
+        team=personas.alpha, owner=personas.owner, architecture=arch, name="transfer", genotype=NASNET_A.to_dict(),
+        dataset={"name": "digits"}, recipe={"epochs": 5}, status=m.RUN_RUNNING, epochs=epoch_list(5),
+        bundle_path="jobs/1",
+    )  # fmt: skip
+    m.Search.objects.filter(pk=search.pk).update(
+        spec={"strategy": "ppo"}, best_reward=0.3, best_architecture=arch, children_sampled=5, started_at=now
+    )
+    rows = {
+        "search": m.Search.objects.select_related("owner").get(pk=search.pk),
+        "arch": m.Architecture.objects.get(pk=arch.pk),
+        "run": m.ChildRun.objects.get(pk=run.pk),
+        "job": m.TrainingJob.objects.select_related("owner").get(pk=job.pk),
+    }
+    live.publish_many(
+        search.id,
+        [
+            live.sampled(rows["arch"]),
+            live.progress(rows["run"], arch.sample_index),
+            live.finished(rows["run"], arch.sample_index),
+            live.status(rows["search"]),
+            live.job_progress(rows["job"]),
+        ],
+    )
+    stored = {e.type: e.payload for e in SearchEvent.objects.filter(search=search)}
+    assert stored[live.SAMPLED] == {
+        "architecture": event_shape(rows["arch"]),
+        "url": f"/architectures/{arch.id}",
+        "svg": f"/architectures/{arch.id}/cells.svg",
+    }
+    assert stored[live.PROGRESS] == {"run": event_shape(rows["run"]), "sample_index": 4}
+    assert stored[live.FINISHED] == {"run": event_shape(rows["run"]), "sample_index": 4}
+    assert stored[live.STATUS] == {"search": event_shape(rows["search"])}
+    assert stored[live.JOB] == {"job": event_shape(rows["job"])}
+    # what the cuts keep: every other key, the newest epoch, the recipe
+    assert stored[live.FINISHED]["run"]["epochs"] == [epoch_list(3)[-1]]
+    assert stored[live.JOB]["job"]["epochs"] == [epoch_list(5)[-1]] and stored[live.JOB]["job"]["recipe"] == {
+        "epochs": 5
+    }
+    assert set(stored[live.JOB]["job"]) == set(job.to_dict()) - {"genotype", "dataset"}
+    assert set(stored[live.STATUS]["search"]) == set(search.to_dict()) - {"spec"}
+    message = SearchEvent.objects.get(search=search, type=live.STATUS).message()
+    assert message["search_id"] == search.id and message["search"]["id"] == search.id  # no collision
+
+
+def test_a_reused_child_is_published_as_its_row_was_written(personas, settings, monkeypatch):
+    """Reused runs are written in bulk by the advance: their child.finished names the row."""
+    from webapp import dispatch
+    from webapp.searches import services
+    from workers import advance
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    monkeypatch.setattr(dispatch, "send", lambda *args: None)
+    spec = {
+        "dataset": "digits",
+        "objective": "synthetic",
+        "strategy": "random",
+        "budget": {"children": 2, "parallel": 2},
+    }
+    search = services.submit_search(user=personas.owner, team=personas.alpha, name="s", spec_data=spec)
+    first = search.parsed_spec.make_strategy().ask(1)[0]  # what the advance's strategy proposes first
+    genotype = first.genotype
+    m.Architecture.objects.create(  # an earlier child of the same genotype, with its reward
+        search=search, sample_index=99, genotype=genotype.to_dict(), canonical_hash=genotype.canonical_hash(),
+        reward=0.75, told=True,
+    )  # fmt: skip
+    advance.advance(search.id)
+    finished = [e.payload for e in SearchEvent.objects.filter(search=search, type=live.FINISHED)]
+    assert len(finished) == 1 and finished[0]["sample_index"] == first.id
+    row = m.ChildRun.objects.get(pk=finished[0]["run"]["id"])
+    assert row.status == m.RUN_REUSED and row.reward == 0.75
+    assert finished[0]["run"] == event_shape(row)
+
+
+def test_the_advance_reads_the_owner_with_the_locked_search(personas, search):
+    """The status event names the owner: the advance's one locking read brings it along."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from workers.advance import _locked
+
+    with transaction.atomic():
+        row = _locked(m.Search.objects.defer("checkpoint")).get(pk=search.pk)
+        with CaptureQueriesContext(connection) as queries:
+            live.status(row)
+    assert len(queries) == 0

@@ -185,7 +185,7 @@ def tally(db_path: Path, search_id: int) -> dict:
             "WHERE a.search_id = ? AND r.status IN ('queued', 'running')"
         )[0]
         finished = [
-            json.loads(payload)["architecture"]
+            json.loads(payload)["run"]["architecture"]
             for (payload,) in db.execute(
                 "SELECT payload FROM live_searchevent WHERE search_id = ? AND type = 'child.finished'", (search_id,)
             )
@@ -232,8 +232,8 @@ def drive_demo(copy: Path, port: int, report: dict, transcript: list[str]) -> No
             while len(rewards) < 2 and time.monotonic() < deadline:
                 event = json.loads(ws.recv(timeout=deadline - time.monotonic()))
                 seen.append(event)
-                if event["type"] == "child.finished" and event.get("reward") is not None:
-                    rewards.append(event["reward"])
+                if event["type"] == "child.finished" and event["run"].get("reward") is not None:
+                    rewards.append(event["run"]["reward"])
                     reward_at.append(round(time.monotonic() - connected, 1))
         report.update(
             first_reward_s=round(time.monotonic() - began, 1),

@@ -10,6 +10,8 @@ the tests call it directly where a worker or a message was lost.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 import zlib
 
@@ -52,11 +54,13 @@ def stack(django_db_setup, django_db_blocker):
     url = redis_url(name)
     use_broker(url)
     flush_redis(url)
-    env = worker_env(name, url, NAS_LEASE_SECONDS=LEASE_SECONDS)
+    artifacts = tempfile.mkdtemp(prefix="nas-artifacts-")  # bundles and job checkpoints
+    env = worker_env(name, url, NAS_LEASE_SECONDS=LEASE_SECONDS, NAS_ARTIFACTS_ROOT=artifacts)
     with WorkerSet(env) as workers:
         stack = Stack(workers)
         stack.redis_url = url
         yield stack
+    shutil.rmtree(artifacts, ignore_errors=True)
 
 
 @pytest.fixture
@@ -159,8 +163,18 @@ def test_a_small_real_search_completes_through_the_broker(stack, owner):
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert [e.type for e in events].count("architecture.sampled") == 3
     assert [e.type for e in events].count("child.finished") == 3
-    assert [e.payload["epoch"] for e in events if e.type == "child.progress"] == [1, 1, 1]
-    assert events[-1].type == "search.status" and events[-1].payload["status"] == "finished"
+    assert [e.payload["run"]["epochs"][-1]["epoch"] for e in events if e.type == "child.progress"] == [1, 1, 1]
+    statuses = [e for e in events if e.type == "search.status"]
+    assert statuses[-1].payload["search"]["status"] == "finished"
+    # Trained children: the search measures its noise floor when it finishes (2 children x 2 seeds).
+    from webapp.searches import models as m
+
+    floor = m.Selection.objects.get(search=search, kind=m.SELECTION_NOISE_FLOOR)
+    assert (floor.top_k, floor.seeds, floor.runs.count()) == (2, 2, 4)
+    search = wait_for(stack, search, lambda s: s.noise_floor is not None, timeout=120, reap_every=1.0)
+    floor.refresh_from_db()
+    assert floor.status == m.RUN_SUCCEEDED and search.noise_floor == floor.noise_std >= 0
+    assert SearchEvent.objects.filter(search=search, type="selection.progress").count() >= 5  # created, 4 runs
 
 
 def test_a_synthetic_search_of_300_children_completes(stack, owner):
@@ -259,3 +273,84 @@ def test_a_restart_continues_from_the_checkpoint(stack, owner):
     assert_complete(search, stack)
     first_new = m.Architecture.objects.filter(search=search, sample_index=sampled).get()
     assert first_new.created_at > m.Architecture.objects.get(search=search, sample_index=sampled - 1).created_at
+
+
+def test_a_training_job_killed_mid_training_resumes_from_its_checkpoint(stack, owner, tmp_path):
+    """SIGKILL of the gpu worker after an epoch: the reaper queues the job again and the
+    next claim continues after the last checkpointed epoch, not from zero."""
+    from nas_engine.cells import NASNET_A
+    from webapp.searches import models as m
+    from webapp.searches.services import create_training_job
+
+    user, team = owner
+    recipe = {"repeats": 1, "filters": 8, "epochs": 6, "batch_size": 32, "lr": 0.05}
+    job = create_training_job(
+        user=user, team=team, name="final", genotype=NASNET_A.to_dict(), dataset={"name": "digits"}, recipe=recipe
+    )
+
+    def one_epoch_saved(_):
+        job.refresh_from_db()
+        return len(job.epochs) >= 2 and job.status == m.RUN_RUNNING
+
+    wait_for(stack, job, one_epoch_saved, timeout=120)
+    stack.gpu.kill()
+    stack.restart("gpu")
+
+    def ended(_):
+        job.refresh_from_db()
+        return job.status in (m.RUN_SUCCEEDED, m.RUN_FAILED)
+
+    wait_for(stack, job, ended, timeout=180, reap_every=1.0)
+    assert job.status == m.RUN_SUCCEEDED, (job.error, stack.workers.logs())
+    assert job.attempt == 2 and job.resumed_from_epoch >= 1, stack.workers.logs()  # not from zero
+    assert [e["epoch"] for e in job.epochs] == list(range(1, 7))  # every epoch once
+    assert job.test_acc is not None and job.reward is not None
+
+
+def test_a_selection_survives_a_killed_worker_with_one_result_per_architecture_and_seed(stack, owner):
+    """The spec asks for a top-K selection when the search finishes; the gpu worker is
+    SIGKILLed while it trains a selection run; the reaper hands the run to the new worker.
+    Every (architecture, seed) gets exactly one result and the selection names a winner."""
+    from webapp.searches import models as m
+
+    search = submit(
+        owner,
+        objective={**SYNTHETIC, "noise": 0.05},
+        budget={"children": 8, "parallel": 2},
+        selection={"top_k": 3, "seeds": 2},
+    )
+    search = wait_for(stack, search, finished, timeout=90, reap_every=1.0)
+    assert_complete(search, stack)
+    selection = m.Selection.objects.get(search=search)
+    assert (selection.kind, selection.top_k, selection.seeds, selection.owner) == (m.SELECTION_TOP_K, 3, 2, None)
+    assert not m.Selection.objects.filter(search=search, kind=m.SELECTION_NOISE_FLOOR).exists()  # synthetic: off
+    wait_for(stack, search, lambda s: selection.runs.filter(status=m.RUN_SUCCEEDED).exists(), timeout=60)
+
+    # A second selection whose runs each take 1.5 s: kill the worker in the middle of one.
+    user, _ = owner
+    m.Search.objects.filter(pk=search.pk).update(spec={**search.spec, "objective": {**SYNTHETIC, "duration_s": 1.5}})
+    search.refresh_from_db()
+    from webapp.searches.services import create_selection
+
+    slow = create_selection(user=user, search=search, top_k=2, seeds=2)
+    wait_for(stack, search, lambda s: slow.runs.filter(status=m.RUN_RUNNING).exists(), timeout=60)
+    victim = slow.runs.get(status=m.RUN_RUNNING)
+    time.sleep(0.3)
+    stack.gpu.kill()
+    stack.restart("gpu")
+
+    def settled(_):
+        slow.refresh_from_db()
+        selection.refresh_from_db()
+        return slow.is_done and selection.is_done
+
+    wait_for(stack, search, settled, timeout=120, reap_every=1.0)
+    for sel in (selection, slow):
+        assert sel.status == m.RUN_SUCCEEDED, (sel.to_dict(), stack.workers.logs())
+        runs = list(sel.runs.all())
+        assert len(runs) == sel.top_k * sel.seeds
+        assert len({(r.architecture_id, r.seed) for r in runs}) == len(runs)  # one row each
+        assert all(r.status == m.RUN_SUCCEEDED and r.reward is not None for r in runs)
+        assert sel.winner_id == sel.ranking()[0]["architecture"]
+    victim.refresh_from_db()
+    assert victim.status == m.RUN_SUCCEEDED and victim.attempt == 2

@@ -127,6 +127,10 @@ def test_a_training_job_writes_its_bundle(db, settings, tmp_path):
     bundle = tmp_path / job.bundle_path
     assert {p.name for p in bundle.iterdir()} >= {"genotype.json", "recipe.json", "metrics.json", "weights.pt"}
     assert json.loads((bundle / "genotype.json").read_text()) == genotype
+    # Digits carry a fixed test split: scored once after the last epoch, beside val accuracy.
+    assert job.test_acc is not None and 0 <= job.test_acc <= 1 and "359 of 1,797" in job.test_source
+    assert job.to_dict()["val_acc"] == job.reward and job.resumed_from_epoch == 0
+    assert not (tmp_path / "checkpoints" / f"job-{job.id}.pt").exists()  # removed once the job ended
 
 
 @pytest.mark.django_db(transaction=True)

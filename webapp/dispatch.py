@@ -23,6 +23,7 @@ log = logging.getLogger("nasnet.dispatch")
 TASK_ADVANCE = "workers.tasks.advance_search"
 TASK_TRAIN_CHILD = "workers.tasks.train_child"
 TASK_TRAIN_JOB = "workers.tasks.run_training_job"
+TASK_TRAIN_SELECTION = "workers.tasks.train_selection_run"
 TASK_REAP = "workers.tasks.reap"
 # Queues: `controller` (advances, the reaper: short tasks) and `gpu` (training, one at a time).
 QUEUE_CONTROLLER, QUEUE_GPU = "controller", "gpu"

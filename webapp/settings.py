@@ -149,6 +149,10 @@ NAS_MAX_ACTIVE_SEARCHES_PER_TEAM = env_int("NAS_MAX_ACTIVE_SEARCHES_PER_TEAM", 5
 NAS_MAX_CHILDREN_PER_SEARCH = env_int("NAS_MAX_CHILDREN_PER_SEARCH", 20000, minimum=1)
 NAS_MAX_PARALLEL_PER_SEARCH = env_int("NAS_MAX_PARALLEL_PER_SEARCH", 64, minimum=1)
 # A child run whose worker has not sent a heartbeat for this long is requeued.
+# Selections (the paper's top-K stage, and noise floors): per team at a time, and their size.
+NAS_MAX_ACTIVE_SELECTIONS_PER_TEAM = env_int("NAS_MAX_ACTIVE_SELECTIONS_PER_TEAM", 3, minimum=1)
+NAS_MAX_SELECTION_RUNS = env_int("NAS_MAX_SELECTION_RUNS", 1000, minimum=1)  # top_k x seeds
+NAS_MAX_SELECTION_SEEDS = env_int("NAS_MAX_SELECTION_SEEDS", 10, minimum=1)
 NAS_LEASE_SECONDS = env_float("NAS_LEASE_SECONDS", 120.0, minimum=1.0)
 NAS_MAX_ATTEMPTS = env_int("NAS_MAX_ATTEMPTS", 3, minimum=1)
 NAS_REAPER_INTERVAL_SECONDS = env_float("NAS_REAPER_INTERVAL_SECONDS", 30.0, minimum=1.0)
@@ -166,7 +170,11 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "controller"
-CELERY_TASK_ROUTES = {"workers.tasks.train_child": {"queue": "gpu"}, "workers.tasks.run_training_job": {"queue": "gpu"}}
+CELERY_TASK_ROUTES = {
+    "workers.tasks.train_child": {"queue": "gpu"},
+    "workers.tasks.run_training_job": {"queue": "gpu"},
+    "workers.tasks.train_selection_run": {"queue": "gpu"},
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)}
 CELERY_BEAT_SCHEDULE = {

@@ -45,6 +45,7 @@ from nas_engine.strategies.base import checkpoint_bytes, parse_checkpoint
 from webapp import dispatch
 from webapp.live import events as live
 from webapp.searches import models as m
+from webapp.searches import services
 from workers.resources import dataset_for
 
 log = logging.getLogger("nasnet.worker")
@@ -78,7 +79,7 @@ def advance(search_id: int) -> None:
     dispatch.clear_advance_request(search_id)  # before reading: a result written from now on asks again
     try:
         with transaction.atomic():
-            search = m.Search.objects.select_for_update().defer("checkpoint").filter(pk=search_id).first()
+            search = _locked(m.Search.objects.defer("checkpoint")).filter(pk=search_id).first()
             if search is None:
                 log.info("advance: search %s no longer exists", search_id)
                 return
@@ -91,9 +92,15 @@ def advance(search_id: int) -> None:
         _fail(search_id, f"{type(exc).__name__}: {exc}")
 
 
+def _locked(searches):
+    """Search rows locked FOR UPDATE with their owner read in the same query (the status
+    event's Search.to_dict names the owner): `of` keeps the lock off the user row."""
+    return searches.select_for_update(of=("self",)).select_related("owner")
+
+
 def _fail(search_id: int, error: str) -> None:
     with transaction.atomic():
-        search = m.Search.objects.select_for_update().filter(pk=search_id).first()
+        search = _locked(m.Search.objects).filter(pk=search_id).first()
         if search is None or search.is_done:
             return
         m.ChildRun.objects.filter(architecture__search_id=search_id, status__in=m.RUN_ACTIVE).update(
@@ -157,6 +164,8 @@ def _step(search: m.Search) -> None:
     if events or search.status != old_status:
         events.append(live.status(search))
     live.publish_many(search.id, events)
+    if search.status == m.FINISHED and old_status != m.FINISHED:
+        services.start_follow_ups(search)  # its noise floor, its top-K selection (the spec's)
     version = _version(search)
     transaction.on_commit(lambda: _strategies.__setitem__(search.id, (version, strategy)))
     for run_id in to_dispatch:
@@ -229,20 +238,23 @@ def _sample(search: m.Search, spec: SearchSpec, strategy: Strategy, n: int, even
         for p, h, c in zip(proposals, hashes, counts)
     ]
     m.Architecture.objects.bulk_create(archs)
-    runs = []
+    runs, updates = [], []
     for p, arch in zip(proposals, archs):
-        events.append(live.sampled(arch))
         reward = known.get(arch.canonical_hash)
         if reward is not None:
-            stats = strategy.tell(p.id, reward)
+            updates.append(strategy.tell(p.id, reward))
             _record(search, arch.id, m.RUN_REUSED, reward)
-            events.append(live.finished(arch.id, p.id, m.RUN_REUSED, reward))
-            if stats is not None:
-                events.append(live.controller(stats, p.id))
             runs.append(m.ChildRun(architecture=arch, status=m.RUN_REUSED, reward=reward, finished_at=now))
         else:
+            updates.append(None)
             runs.append(m.ChildRun(architecture=arch, status=m.RUN_QUEUED, dispatched_at=now))
-    m.ChildRun.objects.bulk_create(runs)
+    m.ChildRun.objects.bulk_create(runs)  # ids set (RETURNING): the reused runs' events name them
+    for p, arch, run, stats in zip(proposals, archs, runs, updates):
+        events.append(live.sampled(arch))
+        if run.status == m.RUN_REUSED:
+            events.append(live.finished(run, p.id))
+            if stats is not None:
+                events.append(live.controller(stats, p.id))
     search.children_sampled += len(proposals)
     reused = sum(r.status == m.RUN_REUSED for r in runs)
     log.info("search %s: sampled %d children (%d reused)", search.id, len(proposals), reused)

@@ -26,6 +26,10 @@ from workers.resources import dataset_for, device, objective_for
 log = logging.getLogger("nasnet.worker")
 
 
+# What ChildRun.finish() and the heartbeats write that the run's to_dict() shows.
+RESULT_FIELDS = ("status", "epochs", "reward", "wall_time", "error", "finished_at", "lease_expires_at")
+
+
 def claim(run_id: int) -> m.ChildRun | None:
     return m.ChildRun.claim(run_id, worker_id())
 
@@ -40,7 +44,8 @@ def finish(run: m.ChildRun, status: str, *, reward=None, error: str = "", wall_t
         return False
     arch = run.architecture
     search_id = arch.search_id
-    live.publish(search_id, *live.finished(arch.id, arch.sample_index, status, reward, wall_time))
+    run.refresh_from_db(fields=RESULT_FIELDS)  # the row as finish() left it, for its event
+    live.publish(search_id, *live.finished(run, arch.sample_index))
     took = f" after {wall_time:.1f} s" if wall_time is not None else ""
     if status == m.RUN_SUCCEEDED:
         log.info("child run %s of search %s finished: reward %.4f%s", run.pk, search_id, reward, took)
@@ -61,6 +66,12 @@ def retry_or_fail(run: m.ChildRun, error: str) -> None:
         dispatch.send(dispatch.TASK_TRAIN_CHILD, run.pk)
     else:
         log.warning("child run %s failed on attempt %d (%s); no longer ours, not retried", run.pk, run.attempt, error)
+
+
+def _publish_progress(run: m.ChildRun, epochs: list[dict]) -> None:
+    """A child.progress event: the run as its heartbeat just wrote it (LeaseReporter)."""
+    run.epochs = list(epochs)
+    live.publish(run.architecture.search_id, *live.progress(run, run.architecture.sample_index))
 
 
 def run_child(run_id: int) -> None:
@@ -93,9 +104,7 @@ def run_child(run_id: int) -> None:
             run,
             f"child run {run.pk}",
             arch.search_id,
-            on_epochs=lambda epochs: live.publish(
-                arch.search_id, *live.progress(arch.id, arch.sample_index, epochs[-1])
-            ),
+            on_epochs=lambda epochs: _publish_progress(run, epochs),
         )
         with lease_kept(run, f"child run {run.pk}"):
             data = dataset_for(spec.dataset, spec.seed)

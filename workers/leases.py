@@ -92,6 +92,20 @@ class LeaseReporter(Reporter):
         self.dirty = True
         self._maybe_beat(force=metrics.epoch == metrics.epochs)
 
+    def on_resume(self, epoch: int, history: list[EpochMetrics]) -> None:
+        """Training continues from a checkpoint: the epochs done before count as written, and
+        the row says where this attempt picked up (for rows that record it)."""
+        self.epochs = [e.to_dict() for e in history]
+        fields = {"epochs": list(self.epochs)}
+        if hasattr(self.row, "resumed_from_epoch"):
+            fields["resumed_from_epoch"] = epoch
+        if not self.row.heartbeat(**fields):
+            self.lost = True
+            return
+        log.info("%s: resumed from its checkpoint after epoch %d", self.label, epoch)
+        if self.on_epochs is not None:
+            self.on_epochs(self.epochs)
+
     def should_stop(self) -> bool:
         return self.lost or self.cancelled
 

@@ -251,7 +251,7 @@ def recover(broker_empty: bool, advance_all: bool, why: str = "resuming") -> dic
     now = timezone.now()
     host = socket.gethostname()
     with transaction.atomic():
-        for model in (m.ChildRun, m.TrainingJob):
+        for model in (m.ChildRun, m.TrainingJob, m.SelectionRun):
             dead = [
                 pk
                 for pk, worker in model.objects.filter(status=m.RUN_RUNNING, worker__startswith=f"{host}:").values_list(
@@ -265,6 +265,9 @@ def recover(broker_empty: bool, advance_all: bool, why: str = "resuming") -> dic
             m.ChildRun.objects.filter(
                 status=m.RUN_QUEUED, architecture__search__status__in=(m.QUEUED, m.RUNNING, m.PAUSED)
             ).update(dispatched_at=None)
+            m.SelectionRun.objects.filter(status=m.RUN_QUEUED, selection__status__in=m.RUN_ACTIVE).update(
+                dispatched_at=None
+            )
     result = reap()
     if broker_empty or advance_all:
         # The advances the lost messages asked for: one each (an advance with nothing to do
@@ -279,6 +282,12 @@ def recover(broker_empty: bool, advance_all: bool, why: str = "resuming") -> dic
         f"{len(result['requeued'])} interrupted child runs requeued" if result["requeued"] else "",
         f"{len(result['jobs_requeued'])} interrupted training jobs requeued" if result["jobs_requeued"] else "",
         f"{len(result['redispatched'])} waiting child runs dispatched again" if result["redispatched"] else "",
+        f"{len(result['selection_runs_requeued'])} interrupted selection runs requeued"
+        if result["selection_runs_requeued"]
+        else "",
+        f"{len(result['selection_runs_redispatched'])} waiting selection runs dispatched again"
+        if result["selection_runs_redispatched"]
+        else "",
         f"searches {', '.join(map(str, result['kicked']))} advanced" if result["kicked"] else "",
     ]
     if any(parts):

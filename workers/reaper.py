@@ -2,10 +2,11 @@
 durable. The rows say what should be happening; the reaper makes it so.
 
 - leases that ran out (a worker died or stalled): queued again, or failed after
-  NAS_MAX_ATTEMPTS (LeasedWork.expire_leases), for child runs and training jobs alike;
-- queued child runs whose message was lost (a flushed Redis, a publish that failed):
-  dispatched again, once the gpu queue has drained so that a run merely waiting its
-  turn is not sent twice;
+  NAS_MAX_ATTEMPTS (LeasedWork.expire_leases), for child runs, training jobs and
+  selection runs alike;
+- queued child runs and selection runs whose message was lost (a flushed Redis, a publish
+  that failed): dispatched again, once the gpu queue has drained so that a run merely
+  waiting its turn is not sent twice;
 - searches that stall (queued, cancelling, or running with nothing active): advanced;
 - workers silent for too long: marked lost on the staff workers page.
 """
@@ -23,7 +24,7 @@ from django.utils import timezone
 from webapp import dispatch
 from webapp.live import events as live
 from webapp.searches import models as m
-from workers import fleet
+from workers import fleet, selection_runs
 
 log = logging.getLogger("nasnet.worker")
 
@@ -40,10 +41,13 @@ def reap() -> dict:
             log.warning(
                 "child run %s: lease expired (worker %s, attempt %d), requeued", run.id, run.worker, run.attempt
             )
-        given_up = list(m.Architecture.objects.filter(runs__in=failed_runs).only("id", "search_id", "sample_index"))
+        archs = m.Architecture.objects.filter(id__in=[run.architecture_id for run in failed_runs])
+        where = {a: (s, i) for a, s, i in archs.values_list("id", "search_id", "sample_index")}
+        # (run, search id, sample index) of each run given up, for its child.finished event
+        given_up = [(run, *where[run.architecture_id]) for run in failed_runs if run.architecture_id in where]
         for run in failed_runs:
             log.warning("child run %s failed: %s", run.id, run.error)
-        kicked.update(arch.search_id for arch in given_up)
+        kicked.update(search_id for _, search_id, _ in given_up)
 
         lost = m.ChildRun.objects.select_for_update(skip_locked=True).filter(
             Q(dispatched_at__lt=now - lease) | Q(dispatched_at__isnull=True),
@@ -52,8 +56,20 @@ def reap() -> dict:
         )
         # While the gpu queue still holds messages, a run may just be waiting its turn:
         # re-dispatch once it has drained (an emptied Redis has an empty queue).
-        redispatched = list(lost.values_list("id", flat=True)) if dispatch.queue_length(dispatch.QUEUE_GPU) == 0 else []
+        redispatched_ok = dispatch.queue_length(dispatch.QUEUE_GPU) == 0
+        redispatched = list(lost.values_list("id", flat=True)) if redispatched_ok else []
         m.ChildRun.objects.filter(id__in=redispatched).update(dispatched_at=now)
+
+        requeued_selection_runs, failed_selection_runs = m.SelectionRun.expire_leases(now)
+        for run in requeued_selection_runs:
+            log.warning("selection run %s: lease expired (attempt %d), requeued", run.id, run.attempt)
+        lost_selection_runs = m.SelectionRun.objects.select_for_update(skip_locked=True).filter(
+            Q(dispatched_at__lt=now - lease) | Q(dispatched_at__isnull=True),
+            status=m.RUN_QUEUED,
+            selection__status__in=m.RUN_ACTIVE,
+        )
+        selection_redispatched = list(lost_selection_runs.values_list("id", flat=True)) if redispatched_ok else []
+        m.SelectionRun.objects.filter(id__in=selection_redispatched).update(dispatched_at=now)
 
         requeued_jobs, failed_jobs = m.TrainingJob.expire_leases(now)
         for job in requeued_jobs:
@@ -75,17 +91,27 @@ def reap() -> dict:
             dispatch.send_on_commit(dispatch.TASK_ADVANCE, search_id)
         for job in requeued_jobs:
             dispatch.send_on_commit(dispatch.TASK_TRAIN_JOB, job.id)
+        for run_id in [run.id for run in requeued_selection_runs] + selection_redispatched:
+            dispatch.send_on_commit(dispatch.TASK_TRAIN_SELECTION, run_id)
     # After the transaction: publishing locks the Search row, which an advance may hold
     # while it waits for the child runs locked above.
-    for arch in given_up:
-        live.publish(arch.search_id, *live.finished(arch.id, arch.sample_index, m.RUN_FAILED))
-    if redispatched:
-        log.warning("child runs %s: never claimed within the lease, dispatched again", redispatched)
+    for run, search_id, sample_index in given_up:
+        live.publish(search_id, *live.finished(run, sample_index))
+    for selection_id in sorted({run.selection_id for run in failed_selection_runs}):
+        selection_runs.settle(selection_id)  # a run given up may have been the last one
+    if redispatched or selection_redispatched:
+        log.warning(
+            "child runs %s, selection runs %s: queued with no message for a lease (a lost message), dispatched again",
+            redispatched,
+            selection_redispatched,
+        )
     return {
         "requeued": requeued,
         "failed": [run.id for run in failed_runs],
         "redispatched": redispatched,
         "kicked": sorted(kicked),
         "jobs_requeued": [job.id for job in requeued_jobs],
+        "selection_runs_requeued": [run.id for run in requeued_selection_runs],
+        "selection_runs_redispatched": selection_redispatched,
         "workers_lost": fleet.mark_lost_workers(),
     }

@@ -8,6 +8,7 @@ what makes a short child cheap.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 from django.conf import settings
@@ -36,6 +37,8 @@ def dataset_for(dataset: dict, seed: int) -> DatasetSplit:
             image_size=dataset.get("image_size"),
             subset_per_class=dataset.get("subset_per_class"),
             val_size=dataset.get("val_size"),
+            test_size=dataset.get("test_size"),
+            test_dataset=dataset.get("test_dataset"),
             seed=seed,
         )
     return _datasets[key]
@@ -49,3 +52,10 @@ def objective_for(spec: SearchSpec) -> SyntheticObjective:
             spec.space, spec.seed, noise=o["noise"], failure_rate=o["failure_rate"], duration_s=o["duration_s"]
         )
     return _objectives[key]
+
+
+def checkpoint_path(kind: str, row_id: int) -> Path:
+    """Where a long run writes its per-epoch checkpoint: under NAS_ARTIFACTS_ROOT, which every
+    gpu worker shares (a requeued run resumes on another worker), outside the bundle folders
+    that are served as downloads."""
+    return Path(settings.NAS_ARTIFACTS_ROOT) / "checkpoints" / f"{kind}-{row_id}.pt"

@@ -1,7 +1,7 @@
 """Thin Celery tasks: they take ids and hand over to the module that owns the concept.
 
-Names and routing live in webapp.dispatch and settings.CELERY_TASK_ROUTES: train_child and
-run_training_job go to the `gpu` queue, everything else to `controller`. Tasks are
+Names and routing live in webapp.dispatch and settings.CELERY_TASK_ROUTES: train_child,
+run_training_job and train_selection_run go to the `gpu` queue, everything else to `controller`. Tasks are
 acknowledged late and rejected on worker loss; the database rows, not the broker, say what
 is left to do.
 """
@@ -12,10 +12,10 @@ from celery import signals
 
 from webapp import dispatch
 from webapp.celery import app
-from workers import advance, child_runs, fleet, reaper, training_jobs
+from workers import advance, child_runs, fleet, reaper, selection_runs, training_jobs
 
 # fleet's signal handlers (the staff workers page) are connected by importing it.
-__all__ = ("advance_search", "train_child", "reap", "run_training_job", "fleet")
+__all__ = ("advance_search", "train_child", "reap", "run_training_job", "train_selection_run", "fleet")
 
 
 @signals.task_prerun.connect
@@ -43,3 +43,8 @@ def reap() -> dict:
 @app.task(name=dispatch.TASK_TRAIN_JOB)
 def run_training_job(job_id: int) -> None:
     training_jobs.run_training_job(job_id)
+
+
+@app.task(name=dispatch.TASK_TRAIN_SELECTION)
+def train_selection_run(run_id: int) -> None:
+    selection_runs.run_selection_run(run_id)

@@ -1,5 +1,12 @@
 """Running a training job (the transfer step) on a gpu-queue worker: claim it with a lease,
 train the genotype at its recipe, write its bundle under NAS_ARTIFACTS_ROOT and its result.
+
+A job checkpoints after every epoch (NAS_ARTIFACTS_ROOT/checkpoints/job-<id>.pt). When its
+lease is lost (a worker killed, a node gone) the reaper queues it again and the next claim
+continues after the last finished epoch instead of from zero; the row's
+`resumed_from_epoch` says where. The checkpoint is removed once the job has a final status.
+The job reports validation accuracy (its reward) and, where the data set has a test split,
+the test accuracy, scored once after the last epoch.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from nas_engine.trainer import Recipe, train_child
 from webapp.live import events as live
 from webapp.searches import models as m
 from workers.leases import LeaseReporter, lease_kept, worker_id
-from workers.resources import dataset_for, device
+from workers.resources import checkpoint_path, dataset_for, device
 
 log = logging.getLogger("nasnet.worker")
 
@@ -29,25 +36,43 @@ def run_training_job(job_id: int) -> None:
     _publish_job(job_id)
     try:
         genotype, recipe = Genotype.from_dict(job.genotype), Recipe.from_dict(job.recipe)
-        with lease_kept(job, f"training job {job_id}"):
+        label = f"training job {job_id}"
+        # Heartbeats from a thread through every phase, not only per batch: loading the data,
+        # building a large network, reading a checkpoint, scoring a 10,000-image test split
+        # and writing the bundle each report no progress and may outlast the lease.
+        with lease_kept(job, label):
             data = dataset_for(job.dataset, recipe.seed)
-        reporter = LeaseReporter(job, f"training job {job_id}", on_epochs=lambda epochs: _publish_job(job_id))
-        result = train_child(genotype, recipe, data, device=device(), reporter=reporter, keep_model=True)
-        if reporter.lost:
-            return
-        relative = Path("jobs") / str(job_id)
-        if result.status == "ok":
-            save_bundle(Path(settings.NAS_ARTIFACTS_ROOT) / relative, genotype, recipe, data, result)
+            reporter = LeaseReporter(job, label, on_epochs=lambda epochs: _publish_job(job_id))
+            checkpoint = checkpoint_path("job", job_id)
+            result = train_child(
+                genotype,
+                recipe,
+                data,
+                device=device(),
+                reporter=reporter,
+                keep_model=True,
+                test=True,
+                checkpoint=checkpoint,
+            )
+            if reporter.lost:
+                return  # no longer ours: whoever claims it next resumes from the checkpoint
+            relative = Path("jobs") / str(job_id)
+            if result.status == "ok":
+                save_bundle(Path(settings.NAS_ARTIFACTS_ROOT) / relative, genotype, recipe, data, result)
     except Exception as exc:
         error = traceback.format_exception_only(type(exc), exc)[-1].strip()
         log.exception("training job %s failed: %s", job_id, error)
-        job.finish(m.RUN_FAILED, error=error)
+        if job.finish(m.RUN_FAILED, error=error):
+            checkpoint_path("job", job_id).unlink(missing_ok=True)
         _publish_job(job_id)
         return
     ok = result.status == "ok"
-    job.finish(
+    finished = job.finish(
         m.RUN_SUCCEEDED if ok else m.RUN_FAILED,
         reward=result.reward,
+        test_acc=result.test_acc,
+        test_source=data.test_source[:200] if result.test_acc is not None else "",
+        resumed_from_epoch=result.resumed_from_epoch,
         params=result.params,
         mult_adds=result.mult_adds,
         wall_time=result.wall_time,
@@ -55,15 +80,28 @@ def run_training_job(job_id: int) -> None:
         bundle_path=str(relative) if ok else "",
         error=result.error or "",
     )
+    if finished:
+        checkpoint.unlink(missing_ok=True)
     if ok:
-        log.info("training job %s finished: reward %.4f after %.1f s", job_id, result.reward, result.wall_time)
+        log.info(
+            "training job %s finished: val acc %s, test acc %s after %.1f s%s",
+            job_id,
+            _acc(result.reward),
+            _acc(result.test_acc),
+            result.wall_time,
+            f" (resumed after epoch {result.resumed_from_epoch})" if result.resumed_from_epoch else "",
+        )
     else:
         log.warning("training job %s failed after %.1f s: %s", job_id, result.wall_time, result.error)
     _publish_job(job_id)
 
 
+def _acc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _publish_job(job_id: int) -> None:
     """A job.progress event to the search the job's architecture came from (if any)."""
-    job = m.TrainingJob.objects.select_related("architecture").filter(pk=job_id).first()
+    job = m.TrainingJob.objects.select_related("architecture", "owner").filter(pk=job_id).first()
     if job is not None and job.architecture is not None:
         live.publish(job.architecture.search_id, *live.job_progress(job))

@@ -3,12 +3,15 @@
 `nas_engine/cli.py` builds the parser and runs the short commands; `commands/train.py`
 and `commands/search.py` hold the long ones. All of them add the same option groups
 (genotype, macro, data, training recipe) and read them back the same way, so those live
-here, below both: imports go one way, cli -> commands -> options.
+here, below both: imports go one way, cli -> commands -> options. The transfer group
+(`--preset`, `--max-params`, `--max-mult-adds`) is train's alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,6 +21,7 @@ from nas_engine.data import DataError, DatasetSplit, load_dataset
 from nas_engine.genotype import Genotype, GenotypeError
 from nas_engine.network import filters_for_penultimate, parse_n_at_p
 from nas_engine.trainer import Recipe
+from nas_engine.transfer import TRANSFER_PRESETS, TransferPreset
 
 
 class CliError(Exception):
@@ -97,7 +101,17 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data-root", type=Path, help="folder that holds data sets (default $NAS_DATA_ROOT or ./data)")
     group.add_argument("--cache-dir", type=Path, help="decoded-tensor cache (default $NAS_CACHE_DIR or ./.cache)")
     group.add_argument("--subset-per-class", type=int, help="keep N images of every class (class-balanced)")
-    group.add_argument("--val-size", type=float, help="held-out images: a count, or a fraction below 1")
+    group.add_argument(
+        "--val-size", type=float, help="validation images: a count (0: none, a final training), or a fraction below 1"
+    )
+    group.add_argument(
+        "--test-size",
+        type=float,
+        help="carve a fixed test split out of a set that has none: a count or a fraction (digits: 0.2)",
+    )
+    group.add_argument(
+        "--test-dataset", help="an image folder with the same classes to test on (default: a sibling test/ of train/)"
+    )
     group.add_argument("--image-size", type=int, help="resize images to S x S")
     group.add_argument("--no-download", action="store_true", help="never download cifar10")
 
@@ -117,13 +131,29 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--grad-clip", type=float, default=d.grad_clip, help=f"(default {d.grad_clip}; 0 = off)")
     group.add_argument("--cutout", type=int, default=d.cutout, help="cutout size in pixels (0 = off)")
     group.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    group.add_argument("--crop-padding", type=int, help="random-crop padding in pixels (default: image size / 8)")
+    flip = group.add_mutually_exclusive_group()
+    flip.add_argument(
+        "--flip", action="store_true", default=None, help="mirror images left-right (default: unless digits)"
+    )
+    flip.add_argument("--no-flip", action="store_false", dest="flip", help="never mirror images")
+    group.add_argument("--dropout", type=float, default=d.dropout, help="dropout before the classifier (0 = off)")
+    group.add_argument(
+        "--weight-decay-norm-bias",
+        action="store_true",
+        help="also decay batch-norm parameters and biases (default: conv and linear weights only)",
+    )
     group.add_argument("--seed", type=int, default=d.seed, help=f"(default {d.seed})")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def recipe_from_args(args: argparse.Namespace, repeats: int, filters: int, stem_multiplier: float) -> Recipe:
-    return Recipe(
+def recipe_from_args(
+    args: argparse.Namespace, repeats: int, filters: int, stem_multiplier: float, base: Recipe | None = None
+) -> Recipe:
+    """The recipe the options describe; fields without an option (nesterov, ...) come from `base`."""
+    return replace(
+        base or Recipe(),
         macro=args.macro,
         repeats=repeats,
         filters=filters,
@@ -139,28 +169,122 @@ def recipe_from_args(args: argparse.Namespace, repeats: int, filters: int, stem_
         aux_weight=args.aux_weight,
         grad_clip=args.grad_clip,
         augment=not args.no_augment,
+        crop_padding=args.crop_padding,
+        flip=args.flip,
         cutout=args.cutout,
+        dropout=args.dropout,
+        weight_decay_norm_bias=args.weight_decay_norm_bias,
         seed=args.seed,
     )
 
 
+# -- transfer: named final trainings and size budgets (train) ----------------------------------
+# The options a --preset fills when they are not given: on a parser with the transfer group
+# their default becomes None ("not given") and the real one is kept aside for apply_preset.
+# --image-size, --stem-multiplier, --repeats and the width already default to None.
+PRESET_OPTIONS = (
+    "macro", "epochs", "batch_size", "lr", "momentum", "weight_decay", "no_cosine", "label_smoothing",
+    "drop_path_keep", "aux_weight", "grad_clip", "cutout", "no_augment", "dropout", "weight_decay_norm_bias",
+)  # fmt: skip
+BUDGET_OPTIONS = {"max_params": "--max-params", "max_mult_adds": "--max-mult-adds"}
+
+
+def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
+    """--preset, --list-presets, --max-params, --max-mult-adds; add after the macro and recipe groups."""
+    group = parser.add_argument_group(
+        "transfer",
+        "A preset sets the defaults of the options above (N@P, macro, stem, image size, recipe);"
+        " options given explicitly win.",
+    )
+    group.add_argument("--preset", metavar="NAME", help=f"a named final training: {', '.join(TRANSFER_PRESETS)}")
+    group.add_argument("--list-presets", action="store_true", help="list the presets and exit (with --json: as JSON)")
+    group.add_argument(
+        "--max-params",
+        type=parse_count,
+        metavar="COUNT",
+        help="fit the width F (and N, unless -N or a preset sets it) to at most this many parameters, e.g. 3.3M",
+    )
+    group.add_argument(
+        "--max-mult-adds", type=parse_count, metavar="COUNT", help="the same for mult-adds, e.g. 564M or 600e6"
+    )
+    fallbacks = {dest: parser.get_default(dest) for dest in PRESET_OPTIONS}
+    parser.set_defaults(preset_fallbacks=fallbacks, **dict.fromkeys(PRESET_OPTIONS))
+
+
+_SUFFIXES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}
+
+
+def parse_count(text: str) -> int:
+    """'564M', '5.3m', '23.8B', '600e6', '3300000' -> a positive whole count."""
+    match = re.fullmatch(r"\s*([0-9.eE+-]+?)\s*([kKmMgGbB]?)\s*", text)
+    try:
+        value = float(match.group(1)) * _SUFFIXES[match.group(2).lower()] if match else float("nan")
+    except ValueError:
+        value = float("nan")
+    if not value >= 1 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive count such as 600M, 5.3M or 600e6, got {text!r}")
+    return int(value)
+
+
+def apply_preset(args: argparse.Namespace) -> TransferPreset | None:
+    """Fill the options not given from --preset (or their usual defaults); return the preset."""
+    preset = None
+    if getattr(args, "preset", None) is not None:
+        if args.preset not in TRANSFER_PRESETS:
+            known = ", ".join(TRANSFER_PRESETS)
+            raise CliError(f"--preset: unknown preset {args.preset!r}; known presets: {known}")
+        preset = TRANSFER_PRESETS[args.preset]
+    for dest, default in getattr(args, "preset_fallbacks", {}).items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default if preset is None else _preset_value(preset.recipe, dest))
+    if preset is not None:
+        args.default_repeats, args.default_filters = preset.recipe.repeats, preset.recipe.filters
+        if args.image_size is None:
+            args.image_size = preset.image_size
+        if args.stem_multiplier is None and args.macro == preset.recipe.macro:
+            args.stem_multiplier = preset.recipe.stem_multiplier
+    return preset
+
+
+def _preset_value(recipe: Recipe, dest: str):
+    if dest in ("no_cosine", "no_augment"):
+        return not getattr(recipe, dest.removeprefix("no_"))
+    return getattr(recipe, dest)
+
+
+def budget_from_args(args: argparse.Namespace) -> dict[str, int]:
+    """{max_params, max_mult_adds} as given ({} without a budget); a budget picks the width,
+    so it cannot be combined with -F, -P or --n-at-p (-N may fix N)."""
+    budget = {dest: getattr(args, dest) for dest in BUDGET_OPTIONS if getattr(args, dest, None) is not None}
+    if budget and (args.n_at_p or args.filters is not None or args.penultimate_filters is not None):
+        option = BUDGET_OPTIONS[next(iter(budget))]
+        raise CliError(f"{option}: the budget picks the width; drop -F/-P/--n-at-p (-N may fix N)")
+    return budget
+
+
 def data_from_args(args: argparse.Namespace, *, progress: bool) -> DatasetSplit:
-    val_size = args.val_size
-    if val_size is not None and val_size >= 1:
-        if val_size != int(val_size):
-            raise DataError("val_size", f"a count must be a whole number, got {val_size}")
-        val_size = int(val_size)
     return load_dataset(
         args.dataset,
         data_root=args.data_root,
         cache_dir=args.cache_dir,
         image_size=args.image_size,
         subset_per_class=args.subset_per_class,
-        val_size=val_size,
+        val_size=_count_or_fraction(args.val_size, "val_size"),
+        test_size=_count_or_fraction(args.test_size, "test_size"),
+        test_dataset=args.test_dataset,
         seed=args.seed,
         download=not args.no_download,
         progress=progress,
     )
+
+
+def _count_or_fraction(value: float | None, field_name: str) -> int | float | None:
+    """A command-line number: whole numbers are counts (0 included), others fractions."""
+    if value is None or 0 < value < 1:
+        return value
+    if value != int(value):
+        raise DataError(field_name, f"a count must be a whole number, got {value}")
+    return int(value)
 
 
 def resolve_device(name: str) -> torch.device:

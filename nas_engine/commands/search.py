@@ -139,6 +139,8 @@ def make_evaluate(args: argparse.Namespace, space: SearchSpace):
     recipe = recipe_from_args(args, repeats, args.filters or SEARCH_CHILD_DEFAULTS["filters"], stem_multiplier=3.0)
     device = resolve_device(args.device)
     data = data_from_args(args, progress=not args.no_progress and not args.json)
+    if not data.has_val:
+        raise CliError("--val-size: a search needs a validation split: its rewards are validation accuracy")
     # Children share the process's RNG and cores, so they train one at a time even when
     # --parallel keeps several proposals outstanding (which is what changes the search).
     lock = threading.Lock()

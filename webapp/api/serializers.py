@@ -38,8 +38,25 @@ class TrainingJobCreate(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     architecture = serializers.IntegerField(required=False, help_text="train this architecture's genotype...")
     genotype = JsonObjectField(required=False, help_text="...or this genotype (give one of the two)")
-    dataset = JsonObjectField(help_text="as in a search spec: a name or {name, subset_per_class, ...}")
+    dataset = JsonObjectField(
+        help_text="as in a search spec: a name or {name, subset_per_class, val_size, image_size, test_size, "
+        "test_dataset}; val_size 0 trains on every training image (no validation accuracy, test only)"
+    )
     recipe = JsonObjectField(required=False, help_text="nas_engine.trainer.Recipe fields; defaults if omitted")
+
+
+class SelectionCreate(serializers.Serializer):
+    kind = serializers.ChoiceField(
+        choices=["top_k", "noise_floor"],
+        required=False,
+        help_text="top_k (default): the search's best K distinct architectures, the paper's second stage; "
+        "noise_floor: K random children with the child recipe and other seeds",
+    )
+    top_k = serializers.IntegerField(required=False, help_text="architectures (default: 1.25% of the children, 3-250)")
+    seeds = serializers.IntegerField(required=False, help_text="training seeds per architecture (default 2)")
+    recipe = JsonObjectField(
+        required=False, help_text="Recipe fields over the default (the child's recipe with twice its epochs)"
+    )
 
 
 # Responses are the models' to_dict(); the schema describes them as objects.

@@ -285,6 +285,49 @@ class ArchitectureGenotype(ApiView):
         return response
 
 
+# -- selections (the top-K stage, noise floors) -----------------------------------------------
+class SearchSelections(ApiView):
+    @extend_schema(
+        operation_id="searches_selections_list", parameters=[s.PAGE], responses={200: s.page_of("Selections"), **ERRORS}
+    )
+    def get(self, request, pk: int):
+        search = get_or_404(m.Search.objects.for_user(request.user), pk)
+        return paginate(request, self, search.selections.select_related("owner").order_by("-created_at", "-id"))
+
+    @extend_schema(request=s.SelectionCreate, responses={201: OBJ, 409: s.ERROR, 429: s.ERROR, **ERRORS})
+    def post(self, request, pk: int):
+        search = get_or_404(m.Search.objects.for_user(request.user), pk)
+        data = json_body(request)
+        unknown = set(data) - {"kind", "top_k", "seeds", "recipe"}
+        if unknown:
+            raise ServiceError(sorted(unknown)[0], "unknown field; allowed: kind, recipe, seeds, top_k")
+        selection = guarded(
+            "recipe",
+            services.create_selection,
+            user=request.user,
+            search=search,
+            kind=data.get("kind", m.SELECTION_TOP_K),
+            top_k=data.get("top_k"),
+            seeds=data.get("seeds"),
+            recipe=data.get("recipe"),
+        )
+        return Response(selection.to_dict(), status=201)
+
+
+class SelectionDetail(ApiView):
+    @extend_schema(responses={200: OBJ, **ERRORS})
+    def get(self, request, pk: int):
+        return Response(get_or_404(m.Selection.objects.for_user(request.user).select_related("owner"), pk).to_dict())
+
+
+class SelectionCancel(ApiView):
+    @extend_schema(request=None, responses={200: OBJ, 409: s.ERROR, **ERRORS})
+    def post(self, request, pk: int):
+        selection = get_or_404(m.Selection.objects.for_user(request.user), pk)
+        services.check_member(request.user, selection.search.team)
+        return Response(services.cancel_selection(selection).to_dict())
+
+
 # -- training jobs -----------------------------------------------------------------------------
 class TrainingJobList(ApiView):
     @extend_schema(

@@ -126,3 +126,28 @@ class TrainForm(forms.Form):
 
     def add_service_error(self, error) -> None:
         error_to_field(self, error, TRAIN_ERROR_FIELDS)
+
+
+SELECTION_ERROR_FIELDS = {"top_k": "top_k", "seeds": "seeds", "recipe.epochs": "epochs"}
+
+
+class SelectionForm(forms.Form):
+    """A top-K selection of a search (services.create_selection). As with SearchForm, the
+    numbers are judged by the service; its errors come back on these fields. A blank field
+    takes the service's default."""
+
+    top_k = forms.IntegerField(
+        label="K (architectures)",
+        required=False,
+        help_text="the search's best distinct architectures, trained again",
+    )
+    seeds = forms.IntegerField(label="Seeds per architecture", required=False)
+    epochs = forms.IntegerField(label="Epochs", required=False, help_text="each run's training; the child's, doubled")
+
+    def service_args(self) -> dict:
+        d = self.cleaned_data
+        recipe = {"epochs": d["epochs"]} if d.get("epochs") is not None else None
+        return {"top_k": d.get("top_k"), "seeds": d.get("seeds"), "recipe": recipe}
+
+    def add_service_error(self, error) -> None:
+        error_to_field(self, error, SELECTION_ERROR_FIELDS)

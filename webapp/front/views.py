@@ -13,8 +13,9 @@ import math
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
-from django.db.models import F, JSONField, Max
+from django.db.models import Avg, Count, F, JSONField, Max, StdDev
 from django.db.models.expressions import RawSQL
 from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Greatest, Least
@@ -26,10 +27,11 @@ from django.views.decorators.http import require_POST
 
 from nas_engine.genotype import Genotype, GenotypeError
 from nas_engine.render import render_genotype_svg
+from nas_engine.selection import DEFAULT_SEEDS, EPOCHS_FACTOR, default_top_k
 from nas_engine.space import SearchSpace, SpaceError
 from webapp.accounts.models import Team
 from webapp.front import charts
-from webapp.front.forms import SearchForm, TrainForm
+from webapp.front.forms import SearchForm, SelectionForm, TrainForm
 from webapp.front.presets import DEFAULT_PRESET, PRESETS, SCALE_DEFAULTS, preset_initial, preset_spec, promote
 from webapp.live import events as live_events
 from webapp.live.models import SearchEvent
@@ -120,11 +122,25 @@ def search_new(request: HttpRequest) -> HttpResponse:
     return render(request, "front/search_new.html", {"form": form, "presets": PRESETS})
 
 
+def _search(request: HttpRequest, search_id: int) -> Search:
+    qs = Search.objects.for_user(request.user).select_related("team", "owner", "best_architecture")
+    return get_object_or_404(qs, pk=search_id)
+
+
 @login_required
 def search_detail(request: HttpRequest, search_id: int) -> HttpResponse:
-    search = get_object_or_404(
-        Search.objects.for_user(request.user).select_related("team", "owner", "best_architecture"), pk=search_id
-    )
+    search = _search(request, search_id)
+    return _render_search(request, search, _selection_form(search))
+
+
+def _selection_form(search: Search, data=None) -> SelectionForm:
+    child = search.parsed_spec.child
+    initial = {"top_k": default_top_k(search.children_total), "seeds": DEFAULT_SEEDS}
+    initial["epochs"] = child.epochs * EPOCHS_FACTOR
+    return SelectionForm(data, initial=initial)
+
+
+def _render_search(request: HttpRequest, search: Search, select_form: SelectionForm, status: int = 200):
     architectures = search.architectures.prefetch_related("runs").order_by("-sample_index")
     page = Paginator(architectures, ARCHITECTURES_PER_PAGE).get_page(request.GET.get("page"))
     best = search.best_architecture
@@ -134,6 +150,8 @@ def search_detail(request: HttpRequest, search_id: int) -> HttpResponse:
         run = next(iter(a.runs.all()), None)
         a.epoch, a.epochs = _epoch_progress(run, epochs)
         rows.append((a, run))
+    selections = list(search.selections.select_related("winner").order_by("-created_at", "-id"))
+    measuring = any(s.kind == m.SELECTION_NOISE_FLOOR and not s.is_done for s in selections)
     live = {
         "search": search.id,
         "chart_url": reverse("front:search_chart", args=[search.id]),
@@ -154,9 +172,32 @@ def search_detail(request: HttpRequest, search_id: int) -> HttpResponse:
         "spec_json": json.dumps(search.spec, indent=2),
         "actions": {a: search.status in allowed for a, (allowed, _) in services.TRANSITIONS.items()},
         "progress": search.progress,
+        "selections": selections,
+        "noise_floor_measuring": measuring,
+        "select_form": select_form,
+        "can_select": search.team.has_member(request.user),
         "live": live,
     }
-    return render(request, "front/search_detail.html", context)
+    return render(request, "front/search_detail.html", context, status=status)
+
+
+@login_required
+@require_POST
+def search_select(request: HttpRequest, search_id: int) -> HttpResponse:
+    """The search page's "Select top K" form: a top-K selection, then its page."""
+    search = _search(request, search_id)
+    form = _selection_form(search, request.POST)
+    if form.is_valid():
+        try:
+            selection = services.create_selection(
+                user=request.user, search=search, kind=m.SELECTION_TOP_K, **form.service_args()
+            )
+        except services.ServiceError as exc:
+            form.add_service_error(exc)
+        else:
+            messages.success(request, f"Selection #{selection.id} queued: {selection.top_k} × {selection.seeds} seeds.")
+            return redirect("front:selection", selection_id=selection.id)
+    return _render_search(request, search, form, status=400)
 
 
 def _planned_epochs(search: Search) -> int | None:
@@ -195,7 +236,7 @@ RECENT_FINISHED = 200  # ids of the latest finished children, sent so the page n
 
 def _chart_state(user, search_id: int) -> dict:
     search = get_object_or_404(
-        Search.objects.for_user(user).select_related("best_architecture").defer("checkpoint"), pk=search_id
+        Search.objects.for_user(user).select_related("best_architecture", "owner").defer("checkpoint"), pk=search_id
     )
     # First the last event seq: everything below is at least as new, so a client that asks
     # for the events after it misses nothing. It may get an event already reflected here: a
@@ -217,7 +258,7 @@ def _chart_state(user, search_id: int) -> dict:
     data = {
         "search": search.id,
         "last_seq": last_seq,
-        "status": live_events.status(search)[1],
+        "status": live_events.status(search)[1]["search"],  # as a search.status event carries it
         "best_sample_index": search.best_architecture.sample_index if search.best_architecture else None,
         "rewards": rewards,
         "children": _children_snapshot(search),
@@ -273,6 +314,16 @@ def _children_snapshot(search: Search) -> list[dict]:
     return out
 
 
+class _MarkupSafeJSONEncoder(DjangoJSONEncoder):
+    """JSON with <, > and & as \\u escapes (the same value once parsed): chart.json carries
+    user text (the search's name, in its status), and no byte of it may read as markup."""
+
+    ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026"}
+
+    def encode(self, o) -> str:
+        return super().encode(o).translate(self.ESCAPES)
+
+
 @login_required
 def search_chart(request: HttpRequest, search_id: int) -> HttpResponse:
     """/searches/<id>/chart.json: the state of the live page's charts, reduced on the server
@@ -285,7 +336,7 @@ def search_chart(request: HttpRequest, search_id: int) -> HttpResponse:
             data = _chart_state(request.user, search_id)
     else:
         data = _chart_state(request.user, search_id)
-    return JsonResponse(data)
+    return JsonResponse(data, encoder=_MarkupSafeJSONEncoder)
 
 
 @login_required
@@ -363,6 +414,7 @@ def _render_architecture(request: HttpRequest, arch: Architecture, form: TrainFo
         .order_by("-created_at", "-id")[:20]
     )
     job_rows = [(job, *job_progress(job)) for job in jobs]
+    selections = selection_stats([arch]).get(arch.id, [])
     live = {
         "architecture": arch.id,
         "search": arch.search_id,
@@ -382,6 +434,8 @@ def _render_architecture(request: HttpRequest, arch: Architecture, form: TrainFo
         "genotype_json": json.dumps(arch.genotype, indent=2),
         "form": form,
         "jobs": job_rows,
+        "selections": selections,
+        "selection_headline": headline_selection(selections),
         "live": live,
     }
     return render(request, "front/architecture_detail.html", context, status=status)
@@ -428,3 +482,130 @@ def architecture_genotype(request: HttpRequest, arch_id: int) -> HttpResponse:
     filename = f"search-{arch.search_id}-architecture-{arch.sample_index}-genotype.json"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
+
+
+# -- selections: the top-K stage and noise floors ------------------------------------------------
+def _add_sample(n: int, mean: float | None, std: float | None, x: float) -> tuple[int, float, float | None]:
+    """(n, mean, sample std) of n values with one more, x (Welford's update)."""
+    if not n or mean is None:
+        return 1, x, None
+    squares = (std or 0.0) ** 2 * (n - 1)
+    new_mean = mean + (x - mean) / (n + 1)
+    squares += (x - mean) * (x - new_mean)
+    return n + 1, new_mean, math.sqrt(max(squares, 0.0) / n)
+
+
+def selection_stats(architectures) -> dict[int, list[dict]]:
+    """Per architecture id, what its selections measured, newest selection first:
+    {selection, kind, status, mean, std, n, runs}. One aggregate query for all the
+    architectures given (a page of the leaderboard, or one architecture). As on the
+    selection page (Selection.ranking), a noise floor counts the search's own reward as
+    one more seed."""
+    search_rewards = {a.id: a.reward for a in architectures}
+    if not search_rewards:
+        return {}
+    rows = (
+        m.SelectionRun.objects.filter(architecture_id__in=list(search_rewards))
+        .values_list("architecture_id", "selection_id", "selection__kind", "selection__status")
+        .annotate(mean=Avg("reward"), std=StdDev("reward", sample=True), n=Count("reward"), runs=Count("id"))
+        .order_by("architecture_id", "-selection_id")
+    )
+    out: dict[int, list[dict]] = {}
+    for arch_id, selection_id, kind, status, mean, std, n, runs in rows:
+        own = search_rewards[arch_id]
+        if kind == m.SELECTION_NOISE_FLOOR and own is not None:
+            n, mean, std = _add_sample(n, mean, std, own)
+        stats = {"selection": selection_id, "kind": kind, "status": status, "mean": mean, "std": std, "n": n}
+        out.setdefault(arch_id, []).append({**stats, "runs": runs})
+    return out
+
+
+def headline_selection(stats: list[dict]) -> dict | None:
+    """The result a board shows beside the search reward: the newest top-K selection with
+    a result, else the newest noise floor with one."""
+    measured = [s for s in stats if s["n"]]
+    top = [s for s in measured if s["kind"] == m.SELECTION_TOP_K]
+    return (top or measured or [None])[0]
+
+
+def _ranking_rows(data: dict) -> list[dict]:
+    """Selection.to_dict()'s ranking, as the page's table shows it."""
+    rows, rank = [], 0
+    for row in data["ranking"]:
+        if row["mean"] is not None:
+            rank += 1
+        rows.append(
+            {
+                **row,
+                "rank": rank if row["mean"] is not None else None,
+                "per_seed": list(zip(row["seeds"], row["rewards"])),
+                "is_winner": row["architecture"] == data["winner"],
+            }
+        )
+    return rows
+
+
+def _selection(request: HttpRequest, selection_id: int) -> m.Selection:
+    qs = m.Selection.objects.for_user(request.user).select_related("search__team", "owner")
+    return get_object_or_404(qs, pk=selection_id)
+
+
+SELECTION_LIVE_FIELDS = ["status", "winner", "noise_std", "error", "finished_at"]
+
+
+@login_required
+def selection_detail(request: HttpRequest, selection_id: int) -> HttpResponse:
+    """/selections/<id>: a top-K selection or a noise floor, its ranking forming live."""
+    selection = _selection(request, selection_id)
+    search = selection.search
+    after = live_events.last_stored_seq(search.id)
+    # Read after the seq: an event in between arrives twice (dropped by seq), never lost.
+    selection.refresh_from_db(fields=SELECTION_LIVE_FIELDS)
+    data = selection.to_dict()
+    ranking = _ranking_rows(data)
+    winner = next((r for r in ranking if r["is_winner"]), None)
+    recipe = selection.recipe if isinstance(selection.recipe, dict) else {}
+    total = data["runs_total"]
+    active = not selection.is_done
+    live = {
+        "selection": selection.id,
+        "search": search.id,
+        "kind": selection.kind,
+        "after": after,
+        "ws_path": f"/ws/searches/{search.id}/",
+        "architecture_prefix": "/architectures/",
+        "active": list(m.RUN_ACTIVE),
+        "status": selection.status,
+        "winner": data["winner"],
+    }
+    context = {
+        "selection": selection,
+        "search": search,
+        "data": data,
+        "ranking": ranking,
+        "winner": winner,
+        "noise": selection.kind == m.SELECTION_NOISE_FLOOR,
+        "recipe": recipe,
+        "recipe_json": json.dumps(recipe, indent=2),
+        "progress": round(100 * data["runs_done"] / total) if total else 0,
+        "active": active,
+        "can_cancel": active and search.team.has_member(request.user),
+        "live": live,
+    }
+    return render(request, "front/selection.html", context)
+
+
+@login_required
+@require_POST
+def selection_cancel(request: HttpRequest, selection_id: int) -> HttpResponse:
+    selection = _selection(request, selection_id)
+    try:
+        services.check_member(request.user, selection.search.team)
+        services.cancel_selection(selection)
+    except services.ServiceError as exc:
+        if exc.status == 404:
+            raise Http404("no such selection") from None
+        messages.error(request, f"Could not cancel: {exc.reason}.")
+    else:
+        messages.success(request, f"Selection #{selection.id} cancelled.")
+    return redirect("front:selection", selection_id=selection.id)

@@ -1,6 +1,6 @@
 """Publishing live events of a search (ARCHITECTURE.md, "Live events").
 
-    publish(search_id, "child.progress", {"architecture": 7, "epoch": 3, ...})
+    publish(search_id, *progress(run, sample_index))
     publish_many(search_id, [(type, payload), ...])    # one counter update, one bulk insert
 
 Each event is stored as a `SearchEvent` row (the truth) in the caller's transaction and,
@@ -8,8 +8,21 @@ once that transaction commits, sent to the Channels group `search-<id>` as one
 "live.events" message. A channel layer that fails or is missing is logged and ignored:
 a client that missed a live event catches up from the rows.
 
-Types: architecture.sampled, child.progress, child.finished, controller.update, search.status,
-job.progress (a training job of one of the search's architectures: the transfer step).
+A client receives {"seq", "type", "search_id", **payload} (SearchEvent.message()). The
+payloads carry the models' own to_dict(), the shape the API answers with, cut to size by
+model_dict() (below):
+
+    architecture.sampled  {"architecture": Architecture, "url": "/architectures/<id>",
+                           "svg": "/architectures/<id>/cells.svg"}
+    child.progress        {"run": ChildRun, "sample_index": int}
+    child.finished        {"run": ChildRun, "sample_index": int}  (succeeded, failed, reused, cancelled)
+    controller.update     {"sample_index", "step", "loss", "entropy", "mean_reward", "baseline",
+                           "approx_kl", "clip_fraction", "policy"}  (nas_engine UpdateStats: no model)
+    search.status         {"search": Search}
+    job.progress          {"job": TrainingJob}  (a training job of one of the search's
+                           architectures: the transfer step)
+    selection.progress    {"selection": Selection}  (a top-K selection or noise floor of the
+                           search: created, a run ended, finished; its ranking included)
 """
 
 from __future__ import annotations
@@ -25,19 +38,20 @@ from django.db import connection, transaction
 from django.db.models import Max
 
 from webapp.live.models import SearchEvent, SearchEventCounter
-from webapp.searches.models import latest_epoch
+from webapp.searches.models import Architecture, Search, TrainingJob, latest_epoch
 
 log = logging.getLogger("nasnet.live")
 
-SAMPLED, PROGRESS, FINISHED, CONTROLLER, STATUS, JOB = (
+SAMPLED, PROGRESS, FINISHED, CONTROLLER, STATUS, JOB, SELECTION = (
     "architecture.sampled",
     "child.progress",
     "child.finished",
     "controller.update",
     "search.status",
     "job.progress",
+    "selection.progress",
 )
-EVENT_TYPES = (SAMPLED, PROGRESS, FINISHED, CONTROLLER, STATUS, JOB)
+EVENT_TYPES = (SAMPLED, PROGRESS, FINISHED, CONTROLLER, STATUS, JOB, SELECTION)
 SEND_TIMEOUT = 5.0  # seconds a publish may wait on the channel layer
 
 
@@ -164,44 +178,60 @@ def _sender_loop() -> _SenderLoop:
 
 
 # -- payloads -----------------------------------------------------------------------------------
+# What an event leaves out of a model's to_dict(): the immutable, bulky fields a client reads
+# once from the API or the page (a genotype is ~2 kB, a spec ~1 kB).
+OMITTED: dict[type, tuple[str, ...]] = {
+    Search: ("spec",),
+    Architecture: ("genotype",),
+    TrainingJob: ("genotype", "dataset"),
+}
+
+
+def model_dict(row) -> dict:
+    """The one serialisation of a model row in a live event: `row.to_dict()` (the API's
+    shape, webapp/api/views.py), with two cuts and nothing else changed (same keys, same
+    types):
+
+    - the fields in OMITTED[type(row)] are left out: immutable and bulky (Search `spec`,
+      Architecture `genotype`, TrainingJob `genotype` and `dataset`); a client gets them
+      once from the API or the page;
+    - an `epochs` list (ChildRun, TrainingJob) is cut to its newest entry (`[]` when none):
+      a client accumulates the history from the stream, and stored whole in every event a
+      600-epoch job would write 600 x 600 / 2 epoch records.
+
+    TrainingJob `recipe` stays (the pages read recipe.epochs before the first epoch)."""
+    data = row.to_dict()
+    for key in OMITTED.get(type(row), ()):
+        data.pop(key, None)
+    if "epochs" in data:
+        newest = latest_epoch(data["epochs"])
+        data["epochs"] = [newest] if newest else []
+    return data
+
+
 def sampled(arch) -> tuple[str, dict]:
-    """An Architecture row just written (its id set)."""
+    """An Architecture row just written (its id set), with its page and its cells' drawing."""
     return SAMPLED, {
-        "architecture": arch.id,
-        "sample_index": arch.sample_index,
-        "canonical_hash": arch.canonical_hash,
-        "params": arch.params,
-        "mult_adds": arch.mult_adds,
+        "architecture": model_dict(arch),
         "url": f"/architectures/{arch.id}",  # its page
         "svg": f"/architectures/{arch.id}/cells.svg",  # both cells drawn (image/svg+xml)
     }
 
 
-def finished(arch_id: int, sample_index: int, status: str, reward=None, wall_time=None) -> tuple[str, dict]:
-    return FINISHED, {
-        "architecture": arch_id,
-        "sample_index": sample_index,
-        "status": status,
-        "reward": reward,
-        "wall_time": wall_time,
-    }
+def progress(run, sample_index: int) -> tuple[str, dict]:
+    """A ChildRun training, as it is once its latest epoch is written (`run.epochs` set)."""
+    return PROGRESS, {"run": model_dict(run), "sample_index": sample_index}
 
 
-def progress(arch_id: int, sample_index: int, epoch: dict) -> tuple[str, dict]:
-    """`epoch`: EpochMetrics.to_dict() of the latest epoch written."""
-    return PROGRESS, {
-        "architecture": arch_id,
-        "sample_index": sample_index,
-        "epoch": epoch.get("epoch"),
-        "epochs": epoch.get("epochs"),
-        "val_acc": epoch.get("val_acc"),
-        "train_loss": epoch.get("train_loss"),
-    }
+def finished(run, sample_index: int) -> tuple[str, dict]:
+    """A ChildRun as its final status left it: succeeded, failed, reused or cancelled."""
+    return FINISHED, {"run": model_dict(run), "sample_index": sample_index}
 
 
 def controller(stats, sample_index: int) -> tuple[str, dict]:
-    """nas_engine UpdateStats. `policy[k][j]`: probability of option j at decision k after
-    the update (ragged, SearchSpace.decision_sizes()), rounded: it feeds a heatmap."""
+    """nas_engine UpdateStats (not a model: a flat payload). `policy[k][j]`: probability of
+    option j at decision k after the update (ragged, SearchSpace.decision_sizes()), rounded:
+    it feeds a heatmap."""
     return CONTROLLER, {
         "sample_index": sample_index,
         "step": stats.step,
@@ -219,28 +249,17 @@ POLICY_DIGITS = 4  # 50 decisions x up to 13 options: about 3 kB per update
 
 
 def job_progress(job) -> tuple[str, dict]:
-    """A TrainingJob row (its latest epoch, if any), for the search its architecture came from."""
-    last = latest_epoch(job.epochs)
-    return JOB, {
-        "job": job.id,
-        "architecture": job.architecture_id,
-        "status": job.status,
-        "epoch": last.get("epoch"),
-        "epochs": last.get("epochs") or (job.recipe or {}).get("epochs"),
-        "val_acc": last.get("val_acc"),
-        "train_loss": last.get("train_loss"),
-        "reward": job.reward,
-    }
+    """A TrainingJob row, for the search its architecture came from. Reads job.owner: load
+    it with the row (select_related("owner"))."""
+    return JOB, {"job": model_dict(job)}
 
 
 def status(search) -> tuple[str, dict]:
-    return STATUS, {
-        "status": search.status,
-        "children_total": search.children_total,
-        "children_sampled": search.children_sampled,
-        "children_done": search.children_done,
-        "children_failed": search.children_failed,
-        "children_reused": search.children_reused,
-        "best_reward": search.best_reward,
-        "best_architecture": search.best_architecture_id,
-    }
+    """The whole state of a Search row (status, counters, best). Reads search.owner: load it
+    with the row (select_related("owner"))."""
+    return STATUS, {"search": model_dict(search)}
+
+
+def selection_progress(selection) -> tuple[str, dict]:
+    """A Selection row (top-K or noise floor) of the search, with its ranking so far."""
+    return SELECTION, {"selection": model_dict(selection)}

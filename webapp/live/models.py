@@ -29,8 +29,9 @@ class SearchEvent(models.Model):
         return f"{self.type} #{self.seq} of search {self.search_id}"
 
     def message(self) -> dict:
-        """The event as sent to clients."""
-        return {"seq": self.seq, "type": self.type, "search": self.search_id, **self.payload}
+        """The event as sent to clients: the envelope (seq, type, search_id) and the payload
+        (webapp.live.events), whose keys ("search", "run", ...) never collide with it."""
+        return {"seq": self.seq, "type": self.type, "search_id": self.search_id, **self.payload}
 
 
 class SearchEventCounter(models.Model):

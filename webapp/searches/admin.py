@@ -1,4 +1,5 @@
-"""Admin for searches, architectures, child runs and training jobs.
+"""Admin for searches, architectures, child runs, training jobs, and selections (the
+top-K stage and noise floors) with their runs.
 
 Staff review here and act through the services (cancel, requeue failed runs, promote
 an architecture to a training job), never by editing statuses or counters by hand:
@@ -19,7 +20,7 @@ from nas_engine.genotype import Genotype, GenotypeError
 from nas_engine.render import render_genotype_svg
 from webapp.front.presets import SCALE_DEFAULTS, promote
 from webapp.searches import services
-from webapp.searches.models import Architecture, ChildRun, Search, TrainingJob
+from webapp.searches.models import Architecture, ChildRun, Search, Selection, SelectionRun, TrainingJob
 
 TOP_ARCHITECTURES = 10
 PROGRESS_FIELDS = [
@@ -215,6 +216,84 @@ class TrainingJobAdmin(admin.ModelAdmin):
         "team", "owner", "architecture", "genotype", "dataset", "recipe", "status", "attempt", "worker",
         "lease_expires_at", "heartbeat_at", "epochs", "reward", "params", "mult_adds", "wall_time",
         "bundle_path", "error", "created_at", "started_at", "finished_at",
+    ]  # fmt: skip
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(Selection)
+class SelectionAdmin(admin.ModelAdmin):
+    list_display = ["id", "search", "kind", "status", "top_k", "seeds", "winner", "noise_std", "created_at"]
+    list_filter = ["kind", "status", "search__team", "created_at"]
+    search_fields = ["search__name", "search__team__name", "owner__username", "=id"]
+    list_select_related = ["search__team", "winner__search"]
+    date_hierarchy = "created_at"
+    actions = ["cancel_selections"]
+    fields = [
+        "search_link", "kind", "owner", "status", "top_k", "seeds", "winner_link", "noise_std", "error",
+        "ranking_summary", "runs_link", "recipe_pretty", "created_at", "finished_at",
+    ]  # fmt: skip
+    readonly_fields = fields
+
+    def has_add_permission(self, request) -> bool:
+        return False  # started from the search page, the API or the search's spec (services.create_selection)
+
+    @admin.display(description="search")
+    def search_link(self, obj: Selection) -> str:
+        return _link(obj.search, obj.search)
+
+    @admin.display(description="winner")
+    def winner_link(self, obj: Selection) -> str:
+        return _link(obj.winner, obj.winner) if obj.winner_id else "-"
+
+    @admin.display(description="recipe")
+    def recipe_pretty(self, obj: Selection) -> str:
+        return _pretty(obj.recipe)
+
+    @admin.display(description="runs")
+    def runs_link(self, obj: Selection) -> str:
+        url = reverse("admin:searches_selectionrun_changelist") + f"?selection__id__exact={obj.pk}"
+        return format_html('<a href="{}">all {} runs</a>', url, obj.runs.count())
+
+    @admin.display(description="ranking (mean ± std over seeds, best first)")
+    def ranking_summary(self, obj: Selection) -> str:
+        rows = [
+            (
+                reverse("admin:searches_architecture_change", args=[r["architecture"]]),
+                r["sample_index"],
+                "-" if r["mean"] is None else f"{r['mean']:.4f}",
+                "" if r["std"] is None else f" ± {r['std']:.4f}",
+                r["n"],
+                r["failed"],
+            )
+            for r in obj.ranking()
+        ]
+        if not rows:
+            return "-"
+        return format_html_join("", '<div><a href="{}">#{}</a>: {}{} (n={}, failed {})</div>', rows)
+
+    @admin.action(description="Cancel selected selections")
+    def cancel_selections(self, request, queryset) -> None:
+        done, refused = 0, []
+        for selection in queryset:
+            try:
+                services.cancel_selection(selection)
+                done += 1
+            except services.ServiceError as exc:
+                refused.append(f"#{selection.pk}: {exc.reason}")
+        _report(self, request, done, "Cancelled", refused)
+
+
+@admin.register(SelectionRun)
+class SelectionRunAdmin(admin.ModelAdmin):
+    list_display = ["id", "selection", "architecture", "seed", "status", "attempt", "worker", "reward", "wall_time"]
+    list_filter = ["status", "selection__kind", "selection__search__team", "selection__status"]
+    search_fields = ["worker", "error", "selection__search__name", "=selection__id"]
+    list_select_related = ["selection__search__team", "architecture__search"]
+    readonly_fields = [
+        "selection", "architecture", "seed", "status", "attempt", "worker", "lease_expires_at", "heartbeat_at",
+        "dispatched_at", "epochs", "reward", "wall_time", "error", "created_at", "started_at", "finished_at",
     ]  # fmt: skip
 
     def has_add_permission(self, request) -> bool:

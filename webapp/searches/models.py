@@ -93,6 +93,9 @@ class Search(models.Model):
     best_architecture = models.ForeignKey(
         "Architecture", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    noise_floor = models.FloatField(
+        null=True, blank=True, help_text="std of one cell's reward over seeds, from the search's noise-floor selection"
+    )
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -139,6 +142,7 @@ class Search(models.Model):
             "children_reused": self.children_reused,
             "best_reward": self.best_reward,
             "best_architecture": self.best_architecture_id,
+            "noise_floor": self.noise_floor,
             "error": self.error,
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
@@ -304,6 +308,21 @@ class LeasedWork(models.Model):
     def lease_expired(self) -> bool:
         return self.lease_expires_at is not None and self.lease_expires_at < timezone.now()
 
+    def result_dict(self) -> dict:
+        """The claim and its result, as a run's to_dict() shows them (child and selection
+        runs: every row with `epochs`, `reward` and `wall_time`)."""
+        return {
+            "status": self.status,
+            "attempt": self.attempt,
+            "worker": self.worker,
+            "epochs": self.epochs,
+            "reward": self.reward,
+            "wall_time": self.wall_time,
+            "error": self.error,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+        }
+
 
 class ChildRun(LeasedWork):
     """A training attempt of an architecture. Claimed with a lease, kept by heartbeats."""
@@ -336,19 +355,7 @@ class ChildRun(LeasedWork):
         return {"dispatched_at": now}  # the reaper measures "lost message" from here
 
     def to_dict(self) -> dict:
-        return {
-            "id": self.id,
-            "architecture": self.architecture_id,
-            "status": self.status,
-            "attempt": self.attempt,
-            "worker": self.worker,
-            "epochs": self.epochs,
-            "reward": self.reward,
-            "wall_time": self.wall_time,
-            "error": self.error,
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-        }
+        return {"id": self.id, "architecture": self.architecture_id, **self.result_dict()}
 
 
 class TrainingJob(LeasedWork):
@@ -367,7 +374,14 @@ class TrainingJob(LeasedWork):
     dataset = models.JSONField(help_text="as in a search spec: name, subset_per_class, val_size, image_size")
     recipe = models.JSONField(help_text="nas_engine.trainer.Recipe, full form")
     epochs = models.JSONField(default=list, blank=True)
-    reward = models.FloatField(null=True, blank=True)
+    reward = models.FloatField(null=True, blank=True, help_text="validation accuracy after the last epoch")
+    test_acc = models.FloatField(
+        null=True, blank=True, help_text="accuracy on the data set's test split, scored once after the last epoch"
+    )
+    test_source = models.CharField(max_length=200, blank=True, help_text="where the test split came from")
+    resumed_from_epoch = models.PositiveIntegerField(
+        default=0, help_text="the last attempt continued from its checkpoint after this epoch (0: from scratch)"
+    )
     params = models.BigIntegerField(null=True, blank=True)
     mult_adds = models.BigIntegerField(null=True, blank=True)
     wall_time = models.FloatField(null=True, blank=True)
@@ -395,6 +409,10 @@ class TrainingJob(LeasedWork):
             "attempt": self.attempt,
             "epochs": self.epochs,
             "reward": self.reward,
+            "val_acc": self.reward,
+            "test_acc": self.test_acc,
+            "test_source": self.test_source,
+            "resumed_from_epoch": self.resumed_from_epoch,
             "params": self.params,
             "mult_adds": self.mult_adds,
             "wall_time": self.wall_time,
@@ -402,4 +420,181 @@ class TrainingJob(LeasedWork):
             "error": self.error,
             "created_at": _iso(self.created_at),
             "finished_at": _iso(self.finished_at),
+        }
+
+
+# -- Selection -------------------------------------------------------------------------------
+SELECTION_TOP_K, SELECTION_NOISE_FLOOR = "top_k", "noise_floor"
+SELECTION_KINDS = [
+    (SELECTION_TOP_K, "Top-K selection"),
+    (SELECTION_NOISE_FLOOR, "Noise floor"),
+]
+SELECTION_STATUSES = [(s, s.capitalize()) for s in (RUN_QUEUED, RUN_RUNNING, RUN_SUCCEEDED, RUN_FAILED, RUN_CANCELLED)]
+
+
+class SelectionQuerySet(TeamScopedQuerySet):
+    team_path = "search__team"
+
+
+class Selection(models.Model):
+    """Architectures of a search trained again, each with several seeds, and ranked by the
+    mean of their validation accuracy (never the test split).
+
+    Two kinds:
+    - top_k: the paper's second stage (Zoph et al. 2017, sec. 4: the best 250 of 20,000
+      children trained fully to pick the winner), scaled: the search's top K distinct
+      architectures with a longer recipe; the winner goes on to transfer;
+    - noise_floor: a few of the search's children trained again with the child recipe and
+      other seeds, so the search knows how far one cell's reward moves by chance alone
+      (`noise_std`: the pooled standard deviation over seeds, the search's reward included).
+    """
+
+    search = models.ForeignKey(Search, on_delete=models.CASCADE, related_name="selections")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="selections",
+        help_text="who asked; empty when the search's spec started it",
+    )
+    kind = models.CharField(max_length=20, choices=SELECTION_KINDS, default=SELECTION_TOP_K)
+    top_k = models.PositiveIntegerField(help_text="architectures trained again")
+    seeds = models.PositiveIntegerField(help_text="training seeds per architecture")
+    recipe = models.JSONField(help_text="nas_engine.trainer.Recipe, full form (its seed is each run's)")
+    status = models.CharField(max_length=20, choices=SELECTION_STATUSES, default=RUN_QUEUED, db_index=True)
+    winner = models.ForeignKey("Architecture", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    noise_std = models.FloatField(null=True, blank=True, help_text="pooled std of one cell's reward over seeds")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = SelectionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk} of {self.search}"
+
+    @property
+    def is_done(self) -> bool:
+        return self.status in RUN_DONE
+
+    def ranking(self) -> list[dict]:
+        """Per architecture: the rewards of its seeds, their mean and std, best mean first
+        (ties: smaller std, then earlier sample). Architectures still without a result come
+        last, in the search's order. A noise-floor row counts the search's own reward as one more seed."""
+        rows: dict[int, dict] = {}
+        for run in self.runs.select_related("architecture").order_by("architecture__sample_index", "seed"):
+            arch = run.architecture
+            row = rows.setdefault(
+                arch.id,
+                {
+                    "architecture": arch.id,
+                    "sample_index": arch.sample_index,
+                    "search_reward": arch.reward,
+                    "seeds": [],
+                    "rewards": [],
+                    "done": 0,
+                    "failed": 0,
+                },
+            )
+            row["seeds"].append(run.seed)
+            row["rewards"].append(run.reward)
+            row["done"] += run.status in RUN_DONE
+            row["failed"] += run.status in (RUN_FAILED, RUN_CANCELLED)
+        for row in rows.values():
+            samples = [r for r in row["rewards"] if r is not None]
+            if self.kind == SELECTION_NOISE_FLOOR and row["search_reward"] is not None:
+                samples.append(row["search_reward"])
+            row["n"] = len(samples)
+            row["mean"] = sum(samples) / len(samples) if samples else None
+            row["std"] = _sample_std(samples)
+        return sorted(rows.values(), key=_rank_key)
+
+    def pooled_std(self, ranking: list[dict] | None = None) -> float | None:
+        """sqrt of the mean within-architecture variance: the spread one cell's reward has
+        over seeds (architectures with 2+ samples)."""
+        variances = [r["std"] ** 2 for r in (ranking or self.ranking()) if r["std"] is not None]
+        return (sum(variances) / len(variances)) ** 0.5 if variances else None
+
+    def to_dict(self) -> dict:
+        counts = dict(self.runs.values_list("status").annotate(n=models.Count("id")))
+        ranking = self.ranking()
+        return {
+            "id": self.id,
+            "search": self.search_id,
+            "kind": self.kind,
+            "owner": self.owner.username if self.owner_id else None,
+            "status": self.status,
+            "top_k": self.top_k,
+            "seeds": self.seeds,
+            "recipe": self.recipe,
+            "runs_total": sum(counts.values()),
+            "runs_done": sum(n for s, n in counts.items() if s in RUN_DONE),
+            "runs_failed": counts.get(RUN_FAILED, 0) + counts.get(RUN_CANCELLED, 0),
+            "runs_running": counts.get(RUN_RUNNING, 0),
+            "ranking": ranking,
+            "winner": self.winner_id,
+            "noise_std": self.noise_std if self.noise_std is not None else self.pooled_std(ranking),
+            "error": self.error,
+            "created_at": _iso(self.created_at),
+            "finished_at": _iso(self.finished_at),
+        }
+
+
+def _rank_key(row: dict) -> tuple:
+    if row["mean"] is None:
+        return (True, -(row["search_reward"] or 0.0), 0.0, row["sample_index"])
+    return (False, -row["mean"], row["std"] or 0.0, row["sample_index"])
+
+
+def _sample_std(values: list[float]) -> float | None:
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+class SelectionRun(LeasedWork):
+    """One architecture trained with one seed for a selection: claimed with a lease and
+    written once, like a child run (exactly one result per architecture and seed)."""
+
+    selection = models.ForeignKey(Selection, on_delete=models.CASCADE, related_name="runs")
+    architecture = models.ForeignKey(Architecture, on_delete=models.CASCADE, related_name="selection_runs")
+    seed = models.IntegerField()
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    epochs = models.JSONField(default=list, blank=True, help_text="per-epoch metrics")
+    reward = models.FloatField(null=True, blank=True, help_text="validation accuracy after the last epoch")
+    wall_time = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["selection", "architecture", "seed"]
+        constraints = [
+            models.UniqueConstraint(fields=["selection", "architecture", "seed"], name="one_run_per_selection_seed")
+        ]
+
+    def __str__(self) -> str:
+        return f"seed {self.seed} of {self.architecture} for selection {self.selection_id} ({self.status})"
+
+    @classmethod
+    def claimable(cls, pk: int) -> models.QuerySet:
+        return cls.objects.filter(pk=pk).exclude(selection__status=RUN_CANCELLED)
+
+    @classmethod
+    def claimed(cls, pk: int):
+        return cls.objects.select_related("selection__search", "architecture").get(pk=pk)
+
+    @classmethod
+    def requeue_fields(cls, now) -> dict:
+        return {"dispatched_at": now}
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "selection": self.selection_id,
+            "architecture": self.architecture_id,
+            "seed": self.seed,
+            **self.result_dict(),
         }

@@ -12,9 +12,21 @@ import logging
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from nas_engine.genotype import Genotype, GenotypeError
-from nas_engine.spec import Limits, SpecError, validate_spec
+from nas_engine.selection import (
+    DEFAULT_SEEDS,
+    Candidate,
+    SelectionError,
+    check_count,
+    default_top_k,
+    noise_floor_sample,
+    seeds_for,
+    selection_recipe,
+)
+from nas_engine.selection import top_k as top_k_of
+from nas_engine.spec import Limits, SpecError, validate_dataset, validate_spec
 from nas_engine.trainer import Recipe, RecipeError
 from webapp import dispatch
 from webapp.accounts.models import Team
@@ -95,7 +107,8 @@ def transition(search: m.Search, action: str) -> m.Search:
     """Cancel, pause or resume. The advance task finishes what the new status implies."""
     allowed, target = TRANSITIONS[action]
     with transaction.atomic():
-        row = m.Search.objects.select_for_update().get(pk=search.pk)
+        # The owner in the same query: the status event's Search.to_dict names it.
+        row = m.Search.objects.select_for_update(of=("self",)).select_related("owner").get(pk=search.pk)
         if row.status not in allowed:
             raise ServiceError("status", f"cannot {action} a {row.status} search", status=409)
         old, row.status = row.status, target
@@ -135,7 +148,8 @@ def create_training_job(
     except GenotypeError as exc:
         raise ServiceError(f"genotype.{exc.field}" if exc.field else "genotype", exc.reason) from None
     try:
-        spec = validate_spec({"dataset": dataset}, data_root=settings.NAS_DATA_ROOT, limits=limits())
+        # A final training may use every training image (val_size 0): no reward needed.
+        dataset = validate_dataset(dataset, settings.NAS_DATA_ROOT, needs_validation=False)
     except SpecError as exc:
         raise ServiceError(exc.field, exc.reason) from None
     if not isinstance(recipe, dict):
@@ -151,7 +165,7 @@ def create_training_job(
             name=name[:200],
             architecture=architecture,
             genotype=parsed.to_dict(),
-            dataset=spec.dataset,
+            dataset=dataset,
             recipe=parsed_recipe.to_dict(),
         )
         dispatch.send_on_commit(dispatch.TASK_TRAIN_JOB, job.id)
@@ -161,7 +175,144 @@ def create_training_job(
         user,
         team,
         job.name,
-        spec.dataset["name"],
+        dataset["name"],
         parsed_recipe.epochs,
     )
     return job
+
+
+# -- selections: the top-K stage and noise floors ------------------------------------------------
+def _candidates(search: m.Search) -> list[Candidate]:
+    """The search's children with a reward (trained or reused)."""
+    rows = m.Architecture.objects.filter(search=search, reward__isnull=False)
+    return [Candidate(a, h, r, i) for a, h, r, i in rows.values_list("id", "canonical_hash", "reward", "sample_index")]
+
+
+def create_selection(
+    *,
+    user,
+    search: m.Search,
+    kind: str = m.SELECTION_TOP_K,
+    top_k: object = None,
+    seeds: object = None,
+    recipe: object = None,
+) -> m.Selection:
+    """Queue a selection of `search`: its top K distinct architectures (or, for a noise
+    floor, K random children) trained with `seeds` seeds each. `recipe` overrides fields of
+    the default (the child's recipe, nas_engine.selection.selection_recipe; a noise floor
+    keeps the child's recipe exactly). `user` None: started by the search's spec."""
+    if user is not None:
+        check_member(user, search.team)
+    if kind not in dict(m.SELECTION_KINDS):
+        raise ServiceError("kind", f"must be one of {', '.join(dict(m.SELECTION_KINDS))}")
+    spec = search.parsed_spec
+    if spec.objective["name"] == "accuracy" and spec.dataset.get("val_size") == 0:
+        raise ServiceError("dataset.val_size", "a selection ranks by validation accuracy; this search has none")
+    noise = kind == m.SELECTION_NOISE_FLOOR
+    try:
+        k = default_top_k(search.children_total) if top_k is None else check_count(top_k, "top_k", 10**6)
+        n_seeds = DEFAULT_SEEDS if seeds is None else check_count(seeds, "seeds", settings.NAS_MAX_SELECTION_SEEDS)
+        if recipe is not None and not isinstance(recipe, dict):
+            raise ServiceError("recipe", "must be an object of recipe fields")
+        candidates = _candidates(search)
+        if not candidates:
+            raise ServiceError("search", "no child of this search has a reward yet")
+        if noise:
+            parsed_recipe = Recipe.from_dict({**spec.child.to_dict(), **(recipe or {})})
+            chosen = noise_floor_sample(candidates, k, spec.seed)
+        else:
+            parsed_recipe = selection_recipe(spec.child, recipe)
+            chosen = top_k_of(candidates, k)
+    except SelectionError as exc:
+        raise ServiceError(exc.field, exc.reason) from None
+    except RecipeError as exc:
+        raise ServiceError(f"recipe.{exc.field}", exc.reason) from None
+    if len(chosen) * n_seeds > settings.NAS_MAX_SELECTION_RUNS:
+        raise ServiceError(
+            "top_k",
+            f"{len(chosen)} architectures x {n_seeds} seeds = {len(chosen) * n_seeds} runs, more than this "
+            f"deployment's limit of {settings.NAS_MAX_SELECTION_RUNS} (NAS_MAX_SELECTION_RUNS)",
+        )
+    run_seeds = seeds_for(noise, spec.child.seed, n_seeds)
+    with transaction.atomic():
+        # One team's selections at a time are bounded: the gpu queue is shared.
+        Team.objects.select_for_update().filter(pk=search.team_id).first()
+        active = m.Selection.objects.filter(search__team_id=search.team_id, status__in=m.RUN_ACTIVE).count()
+        if active >= settings.NAS_MAX_ACTIVE_SELECTIONS_PER_TEAM:
+            raise ServiceError(
+                "team",
+                f"the team has {active} selections running, the limit (NAS_MAX_ACTIVE_SELECTIONS_PER_TEAM); "
+                "wait for one to end or cancel one",
+                status=429,
+            )
+        selection = m.Selection.objects.create(
+            search=search,
+            owner=user,
+            kind=kind,
+            top_k=len(chosen),
+            seeds=n_seeds,
+            recipe=parsed_recipe.to_dict(),
+        )
+        now = timezone.now()
+        runs = m.SelectionRun.objects.bulk_create(
+            m.SelectionRun(selection=selection, architecture_id=c.architecture, seed=s, dispatched_at=now)
+            for c in chosen
+            for s in run_seeds
+        )
+        live.publish_many(search.id, [live.selection_progress(selection)])
+        for run in runs:
+            dispatch.send_on_commit(dispatch.TASK_TRAIN_SELECTION, run.id)
+    log.info(
+        "selection %s (%s) of search %s: %d architectures x %d seeds, %d epochs, by %s",
+        selection.id,
+        kind,
+        search.id,
+        len(chosen),
+        n_seeds,
+        parsed_recipe.epochs,
+        user or "the search's spec",
+    )
+    return selection
+
+
+def start_follow_ups(search: m.Search) -> list[m.Selection]:
+    """What a finished search's spec asks for next: its noise floor and its top-K selection.
+    Called by the advance that finishes the search, in its transaction; a follow-up that
+    cannot start (too few children with a reward, the team's limit) is logged, not raised:
+    the search itself finished well."""
+    spec = search.parsed_spec
+    started = []
+    for kind, options in ((m.SELECTION_NOISE_FLOOR, spec.noise_floor), (m.SELECTION_TOP_K, spec.selection)):
+        if options is None:
+            continue
+        if kind == m.SELECTION_NOISE_FLOOR:
+            args = {"top_k": options["children"], "seeds": options["seeds"]}
+        else:
+            recipe = {"epochs": options["epochs"]} if options.get("epochs") else None
+            args = {"top_k": options["top_k"], "seeds": options["seeds"], "recipe": recipe}
+            if args["top_k"] is not None:
+                args["top_k"] = min(args["top_k"], len({c.canonical_hash for c in _candidates(search)}))
+        try:
+            with transaction.atomic():
+                started.append(create_selection(user=None, search=search, kind=kind, **args))
+        except ServiceError as exc:
+            log.warning("search %s: %s not started: %s", search.id, kind, exc)
+    return started
+
+
+def cancel_selection(selection: m.Selection) -> m.Selection:
+    """Stop a selection: its queued and running runs are cancelled (a worker training one
+    notices at its next heartbeat and stops)."""
+    with transaction.atomic():
+        row = m.Selection.objects.select_for_update().get(pk=selection.pk)
+        if row.is_done:
+            raise ServiceError("status", f"cannot cancel a {row.status} selection", status=409)
+        now = timezone.now()
+        row.runs.filter(status__in=m.RUN_ACTIVE).update(
+            status=m.RUN_CANCELLED, finished_at=now, lease_expires_at=None, error="selection cancelled"
+        )
+        row.status, row.finished_at = m.RUN_CANCELLED, now
+        row.save(update_fields=["status", "finished_at"])
+        live.publish_many(row.search_id, [live.selection_progress(row)])
+    log.info("selection %s cancelled", row.id)
+    return row

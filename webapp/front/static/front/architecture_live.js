@@ -2,8 +2,9 @@
    training jobs, kept live from the search's websocket (/ws/searches/<id>/).
    The page knows the search's last event seq when it was rendered and asks for what
    came after it; a reconnect asks again from the last seq applied (live_socket.js).
-   The curves and the per-epoch table are epoch_chart.js's. Text from events is set with
-   textContent only. */
+   The curves and the per-epoch table are epoch_chart.js's. Events carry the models'
+   to_dict() (webapp/live/events.py): a ChildRun in `run`, a TrainingJob in `job`, each with
+   its `epochs` cut to the newest. Text from events is set with textContent only. */
 (function () {
   "use strict";
   var dataNode = document.getElementById("arch-live-data");
@@ -12,15 +13,21 @@
   var num = window.NasEpochs.num, setBadge = window.NasEpochs.setBadge;
   var epochs = window.NasEpochs.create(cfg.columns, cfg.points);
 
-  function onChildProgress(e) {
-    if (!epochs.add(e)) return;
-    epochs.draw();
-    setBadge(document.getElementById("run-status"), "running");
+  function newestEpoch(list) {
+    var last = Array.isArray(list) && list.length ? list[list.length - 1] : null;
+    return last && typeof last === "object" ? last : {};
   }
 
-  function onChildFinished(e) {
-    setBadge(document.getElementById("run-status"), e.status);
-    var reward = num(e.reward);
+  function onChildProgress(run) {
+    if (!epochs.add(newestEpoch(run.epochs))) return;
+    epochs.draw();
+    setBadge(document.getElementById("run-status"), run.status || "running");
+  }
+
+  function onChildFinished(run) {
+    if (epochs.add(newestEpoch(run.epochs))) epochs.draw();
+    setBadge(document.getElementById("run-status"), run.status);
+    var reward = num(run.reward);
     if (reward !== null) document.getElementById("arch-reward").textContent = reward.toFixed(4);
   }
 
@@ -49,23 +56,26 @@
     return row;
   }
 
-  function onJobProgress(e) {
-    var id = num(e.job);
+  function onJobProgress(job) {
+    var id = num(job.id);
     if (id === null) return;
     var row = jobRow(id);
-    setBadge(row.querySelector(".job-status"), e.status);
-    var epoch = num(e.epoch), total = num(e.epochs);
+    setBadge(row.querySelector(".job-status"), job.status);
+    var last = newestEpoch(job.epochs);
+    var epoch = num(last.epoch), total = num(last.epochs);
+    if (total === null) total = num((job.recipe || {}).epochs);
     var text = (epoch === null ? "–" : String(epoch)) + (total === null ? "" : " / " + total);
     row.querySelector(".job-epoch").textContent = text;
-    var reward = num(e.reward);
+    var reward = num(job.reward);
     row.querySelector(".job-reward").textContent = reward === null ? "–" : reward.toFixed(4);
   }
 
   function handle(e) {
-    if (e.architecture !== cfg.architecture) return;
-    if (e.type === "child.progress") onChildProgress(e);
-    else if (e.type === "child.finished") onChildFinished(e);
-    else if (e.type === "job.progress") onJobProgress(e);
+    var item = e.type === "job.progress" ? e.job : e.run; // TrainingJob or ChildRun
+    if (!item || typeof item !== "object" || item.architecture !== cfg.architecture) return;
+    if (e.type === "child.progress") onChildProgress(item);
+    else if (e.type === "child.finished") onChildFinished(item);
+    else if (e.type === "job.progress") onJobProgress(item);
   }
 
   var state = document.getElementById("live-state");

@@ -63,8 +63,9 @@
       if (empty) empty.hidden = true;
     }
 
-    /* One epoch's metrics (an API epoch, a child.progress or job.progress event): the chart
-       point is set, a row is added for an epoch not seen yet. True if the chart changed. */
+    /* One epoch's metrics (an API epoch, the newest one a child.progress or job.progress
+       event carries): the chart point is set, a row is added for an epoch not seen yet.
+       True if the chart changed. */
     function add(e) {
       var epoch = num(e.epoch);
       if (epoch === null) return false;

@@ -49,9 +49,10 @@
       maxBackoff: 60000,
       jitter: 1000,
       onEvent: function (msg) {
-        if (msg.type !== "search.status" || typeof msg.status !== "string") return;
-        apply(row, msg);
-        if (DONE.indexOf(msg.status) >= 0) socket.close();
+        var s = msg.search; // Search.to_dict() less its spec (webapp/live/events.py)
+        if (msg.type !== "search.status" || !s || typeof s.status !== "string") return;
+        apply(row, s);
+        if (DONE.indexOf(s.status) >= 0) socket.close();
       },
     });
   }

@@ -1,9 +1,12 @@
 /* Training job page: per-epoch curves and the job's numbers, kept live. A job trained
    from one of a search's architectures publishes job.progress events to that search's
    websocket; the page listens there (catching up after the seq it was rendered at:
-   live_socket.js) and reads the job once from the API when it ends (params, wall time,
-   bundle). A job with no such architecture is polled from /api/training-jobs/<id> every
-   5 s while it runs. The curves and the per-epoch table are epoch_chart.js's.
+   live_socket.js). An event carries the job as the API returns it (TrainingJob.to_dict,
+   webapp/live/events.py) less its genotype and dataset, its `epochs` cut to the newest:
+   applyJob merges it. When the job ends the page reads it once from the API, which fills
+   in any epoch the throttled events skipped. A job with no such architecture is polled
+   from /api/training-jobs/<id> every 5 s while it runs. The curves and the per-epoch
+   table are epoch_chart.js's.
    Text from the server is set with textContent only. */
 (function () {
   "use strict";
@@ -31,7 +34,8 @@
 
   function setReward(v) { setText("job-reward", num(v) === null ? "–" : v.toFixed(4)); }
 
-  /* The whole job, as GET /api/training-jobs/<id> returns it (TrainingJob.to_dict). */
+  /* The job as GET /api/training-jobs/<id> returns it (TrainingJob.to_dict), or as a
+     job.progress event carries it (its newest epoch only: added to those shown). */
   function applyJob(j) {
     setStatus(j.status);
     var list = Array.isArray(j.epochs) ? j.epochs : [];
@@ -41,6 +45,13 @@
     var last = list.length ? list[list.length - 1] || {} : {};
     setProgress(last.epoch, last.epochs || (j.recipe || {}).epochs);
     setReward(j.reward);
+    setText("job-test-acc", num(j.test_acc) === null ? "–" : j.test_acc.toFixed(4));
+    setText("job-test-source", j.test_source || "");
+    var resumed = document.getElementById("job-resumed");
+    if (resumed && num(j.resumed_from_epoch) !== null) {
+      resumed.hidden = !(j.resumed_from_epoch > 0);
+      setText("job-resumed-epoch", String(j.resumed_from_epoch + 1));
+    }
     setText("job-params", count(j.params));
     setText("job-mult-adds", count(j.mult_adds));
     setText("job-wall-time", num(j.wall_time) === null ? "–" : j.wall_time.toFixed(1) + " s");
@@ -68,19 +79,18 @@
     ).then(function () { if (active(status)) window.setTimeout(poll, POLL_MS); });
   }
 
-  function onJobProgress(e) {
-    if (epochs.add(e)) epochs.draw();
-    setStatus(e.status);
-    setProgress(e.epoch, e.epochs);
-    setReward(e.reward);
-    if (!active(status)) fetchJob().catch(function () {}); // the end: params, wall time, bundle
+  function onJobProgress(job) {
+    applyJob(job);
+    if (!active(status)) fetchJob().catch(function () {}); // the end: every epoch, in case one was skipped
   }
 
   epochs.draw();
   if (cfg.search !== null) {
     window.NasLive.connect("/ws/searches/" + cfg.search + "/", {
       after: cfg.after,
-      onEvent: function (e) { if (e.type === "job.progress" && e.job === cfg.job) onJobProgress(e); },
+      onEvent: function (e) {
+        if (e.type === "job.progress" && e.job && e.job.id === cfg.job) onJobProgress(e.job);
+      },
       onState: setState,
     });
   } else if (active(status)) {

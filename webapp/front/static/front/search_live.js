@@ -32,6 +32,7 @@
     sampled: document.getElementById("stat-sampled"),
     failed: document.getElementById("stat-failed"),
     best: document.getElementById("stat-best"),
+    noiseFloor: document.getElementById("stat-noise-floor"),
     bestTitle: document.getElementById("best-title"),
     bestCells: document.getElementById("best-cells"),
     tbody: document.querySelector("#children tbody"),
@@ -42,6 +43,7 @@
   var rewards = { x: [], y: [], plotted: new Set(), maxX: null };
   var best = { x: [], y: [] }; // change points of the running best, sorted by x
   var avg = { window: 5, x: [], y: [], tail: [] };
+  var noiseFloor = null; // Search.noise_floor: σ of one cell's reward over seeds
   var ctl = { step: [], loss: [], entropy: [], baseline: [] };
   var policy = null; // {step, probs, labels, options}
   var sampleIndex = new Map(); // architecture id -> sample index (for the best's title)
@@ -159,7 +161,7 @@
     }
     plot(
       el.reward,
-      [
+      noiseBand(bx, by).concat([
         {
           type: "scattergl", mode: "lines", name: "running best", x: bx, y: by,
           line: { shape: "hv", color: "#2f855a", width: 2 }, hovertemplate: "best %{y:.4f}<extra></extra>",
@@ -174,10 +176,22 @@
           marker: { size: 6, color: "#2f6ea8", opacity: 0.7 },
           hovertemplate: "#%{x}: %{y:.4f}<extra></extra>",
         },
-      ],
+      ]),
       rewardLayout()
     );
     el.reward.setAttribute("data-points", String(rewards.x.length));
+  }
+
+  // ±σ around the running best: a child inside the band beats the best by no more than chance.
+  function noiseBand(bx, by) {
+    if (!num(noiseFloor) || !bx.length) return [];
+    var band = function (sign, extra) {
+      return Object.assign({
+        type: "scatter", mode: "lines", name: "noise floor ±σ", legendgroup: "noise", x: bx,
+        y: by.map(function (y) { return y + sign * noiseFloor; }), line: { shape: "hv", width: 0 }, hoverinfo: "skip",
+      }, extra);
+    };
+    return [band(-1, { showlegend: false }), band(1, { fill: "tonexty", fillcolor: "rgba(47, 133, 90, 0.15)" })];
   }
 
   function renderController() {
@@ -340,6 +354,7 @@
   }
 
   // -- search status: badge, tiles, buttons, best ----------------------------------------------
+  // s: Search.to_dict() less its spec (a search.status event's `search`, chart.json's `status`).
   function applyStatus(s) {
     if (!s || typeof s.status !== "string") return;
     el.badge.className = "badge " + s.status;
@@ -353,6 +368,11 @@
     el.sampled.textContent = String(s.children_sampled || 0);
     el.failed.textContent = (s.children_failed || 0) + " · " + (s.children_reused || 0);
     el.best.textContent = fmt(s.best_reward);
+    if (num(s.noise_floor) && s.noise_floor !== noiseFloor) {
+      noiseFloor = s.noise_floor;
+      if (el.noiseFloor) el.noiseFloor.textContent = fmt(noiseFloor);
+      schedule("reward");
+    }
     document.querySelectorAll("#search-actions button[data-action]").forEach(function (button) {
       var allowed = (config.transitions[button.getAttribute("data-action")] || []).indexOf(s.status) >= 0;
       button.disabled = !allowed;
@@ -421,23 +441,46 @@
   }
 
   // -- events --------------------------------------------------------------------------------
+  // Events carry the models' to_dict() (webapp/live/events.py): msg.architecture, msg.run
+  // (a ChildRun, its `epochs` cut to the newest), msg.search; controller.update is flat.
+  function newestEpoch(list) {
+    var last = Array.isArray(list) && list.length ? list[list.length - 1] : null;
+    return last && typeof last === "object" ? last : {};
+  }
+
   function apply(msg) {
-    var id = msg.architecture;
     switch (msg.type) {
-      case "architecture.sampled":
-        sampleIndex.set(id, msg.sample_index);
-        upsertChild(id, { sample_index: msg.sample_index, params: msg.params, mult_adds: msg.mult_adds }, true);
+      case "architecture.sampled": {
+        var a = msg.architecture || {};
+        sampleIndex.set(a.id, a.sample_index);
+        upsertChild(a.id, { sample_index: a.sample_index, params: a.params, mult_adds: a.mult_adds }, true);
         break;
-      case "child.progress":
-        upsertChild(id, { status: "running", epoch: msg.epoch, epochs: num(msg.epochs) ? msg.epochs : undefined });
+      }
+      case "child.progress": {
+        var run = msg.run || {};
+        var e = newestEpoch(run.epochs);
+        upsertChild(run.architecture, {
+          status: run.status || "running",
+          epoch: num(e.epoch) ? e.epoch : undefined,
+          epochs: num(e.epochs) ? e.epochs : undefined,
+        });
         break;
+      }
       case "child.finished": {
+        var done = msg.run || {};
+        var id = done.architecture;
         sampleIndex.set(id, msg.sample_index);
-        var fields = { status: msg.status, reward: msg.reward };
+        var fields = { status: done.status, reward: done.reward };
+        var last = newestEpoch(done.epochs);
         var c = children.get(id);
-        if (msg.status === "succeeded" && c && num(c.epochs)) fields.epoch = c.epochs;
+        if (num(last.epoch)) {
+          fields.epoch = last.epoch;
+          if (num(last.epochs)) fields.epochs = last.epochs;
+        } else if (done.status === "succeeded" && c && num(c.epochs)) {
+          fields.epoch = c.epochs;
+        }
         upsertChild(id, fields);
-        if (REWARDED.indexOf(msg.status) >= 0 && num(msg.reward)) addReward(id, msg.sample_index, msg.reward);
+        if (REWARDED.indexOf(done.status) >= 0 && num(done.reward)) addReward(id, msg.sample_index, done.reward);
         break;
       }
       case "controller.update":
@@ -454,8 +497,16 @@
         }
         break;
       case "search.status":
-        applyStatus(msg);
+        applyStatus(msg.search);
         break;
+      case "selection.progress": {
+        var sel = msg.selection || {};
+        // A noise floor under way; its value comes with the search.status event that ends it.
+        if (sel.kind === "noise_floor" && noiseFloor === null && el.noiseFloor) {
+          el.noiseFloor.textContent = sel.status === "queued" || sel.status === "running" ? "measuring…" : "–";
+        }
+        break;
+      }
       default:
         break; // job.progress and future types: nothing on this page
     }
