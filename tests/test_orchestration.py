@@ -354,3 +354,28 @@ def test_a_selection_survives_a_killed_worker_with_one_result_per_architecture_a
         assert sel.winner_id == sel.ranking()[0]["architecture"]
     victim.refresh_from_db()
     assert victim.status == m.RUN_SUCCEEDED and victim.attempt == 2
+
+
+def test_an_emptied_redis_loses_no_training_job(stack, owner):
+    """The job's message is lost before any worker took it: once a lease has passed with the
+    job still queued and the gpu queue empty, the reaper dispatches it again."""
+    from nas_engine.cells import NASNET_A
+    from webapp.searches import models as m
+    from webapp.searches.services import create_training_job
+
+    stack.gpu.stop()
+    user, team = owner
+    recipe = {"repeats": 1, "filters": 4, "epochs": 1}
+    dataset = {"name": "digits", "subset_per_class": 20}
+    job = create_training_job(
+        user=user, team=team, name="lost", genotype=NASNET_A.to_dict(), dataset=dataset, recipe=recipe
+    )
+    flush_redis(stack.redis_url)  # the message is gone
+    stack.restart("gpu")
+
+    def ended(_):
+        job.refresh_from_db()
+        return job.status in (m.RUN_SUCCEEDED, m.RUN_FAILED)
+
+    wait_for(stack, job, ended, timeout=120, reap_every=1.0)
+    assert job.status == m.RUN_SUCCEEDED and job.attempt == 1, (job.error, stack.workers.logs())

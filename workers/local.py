@@ -268,6 +268,7 @@ def recover(broker_empty: bool, advance_all: bool, why: str = "resuming") -> dic
             m.SelectionRun.objects.filter(status=m.RUN_QUEUED, selection__status__in=m.RUN_ACTIVE).update(
                 dispatched_at=None
             )
+            m.TrainingJob.objects.filter(status=m.RUN_QUEUED).update(dispatched_at=None)
     result = reap()
     if broker_empty or advance_all:
         # The advances the lost messages asked for: one each (an advance with nothing to do
@@ -282,6 +283,9 @@ def recover(broker_empty: bool, advance_all: bool, why: str = "resuming") -> dic
         f"{len(result['requeued'])} interrupted child runs requeued" if result["requeued"] else "",
         f"{len(result['jobs_requeued'])} interrupted training jobs requeued" if result["jobs_requeued"] else "",
         f"{len(result['redispatched'])} waiting child runs dispatched again" if result["redispatched"] else "",
+        f"{len(result['jobs_redispatched'])} waiting training jobs dispatched again"
+        if result["jobs_redispatched"]
+        else "",
         f"{len(result['selection_runs_requeued'])} interrupted selection runs requeued"
         if result["selection_runs_requeued"]
         else "",

@@ -4,7 +4,7 @@ durable. The rows say what should be happening; the reaper makes it so.
 - leases that ran out (a worker died or stalled): queued again, or failed after
   NAS_MAX_ATTEMPTS (LeasedWork.expire_leases), for child runs, training jobs and
   selection runs alike;
-- queued child runs and selection runs whose message was lost (a flushed Redis, a publish
+- queued child runs, selection runs and training jobs whose message was lost (a flushed Redis, a publish
   that failed): dispatched again, once the gpu queue has drained so that a run merely
   waiting its turn is not sent twice;
 - searches that stall (queued, cancelling, or running with nothing active): advanced;
@@ -71,6 +71,12 @@ def reap() -> dict:
         selection_redispatched = list(lost_selection_runs.values_list("id", flat=True)) if redispatched_ok else []
         m.SelectionRun.objects.filter(id__in=selection_redispatched).update(dispatched_at=now)
 
+        lost_jobs = m.TrainingJob.objects.select_for_update(skip_locked=True).filter(
+            Q(dispatched_at__lt=now - lease) | Q(dispatched_at__isnull=True), status=m.RUN_QUEUED
+        )
+        jobs_redispatched = list(lost_jobs.values_list("id", flat=True)) if redispatched_ok else []
+        m.TrainingJob.objects.filter(id__in=jobs_redispatched).update(dispatched_at=now)
+
         requeued_jobs, failed_jobs = m.TrainingJob.expire_leases(now)
         for job in requeued_jobs:
             log.warning("training job %s: lease expired (attempt %d), requeued", job.id, job.attempt)
@@ -89,8 +95,8 @@ def reap() -> dict:
             dispatch.send_on_commit(dispatch.TASK_TRAIN_CHILD, run_id)
         for search_id in sorted(kicked):
             dispatch.send_on_commit(dispatch.TASK_ADVANCE, search_id)
-        for job in requeued_jobs:
-            dispatch.send_on_commit(dispatch.TASK_TRAIN_JOB, job.id)
+        for job_id in [job.id for job in requeued_jobs] + jobs_redispatched:
+            dispatch.send_on_commit(dispatch.TASK_TRAIN_JOB, job_id)
         for run_id in [run.id for run in requeued_selection_runs] + selection_redispatched:
             dispatch.send_on_commit(dispatch.TASK_TRAIN_SELECTION, run_id)
     # After the transaction: publishing locks the Search row, which an advance may hold
@@ -99,11 +105,13 @@ def reap() -> dict:
         live.publish(search_id, *live.finished(run, sample_index))
     for selection_id in sorted({run.selection_id for run in failed_selection_runs}):
         selection_runs.settle(selection_id)  # a run given up may have been the last one
-    if redispatched or selection_redispatched:
+    if redispatched or selection_redispatched or jobs_redispatched:
         log.warning(
-            "child runs %s, selection runs %s: queued with no message for a lease (a lost message), dispatched again",
+            "child runs %s, selection runs %s, training jobs %s: queued with no message for a lease "
+            "(a lost message), dispatched again",
             redispatched,
             selection_redispatched,
+            jobs_redispatched,
         )
     return {
         "requeued": requeued,
@@ -111,6 +119,7 @@ def reap() -> dict:
         "redispatched": redispatched,
         "kicked": sorted(kicked),
         "jobs_requeued": [job.id for job in requeued_jobs],
+        "jobs_redispatched": jobs_redispatched,
         "selection_runs_requeued": [run.id for run in requeued_selection_runs],
         "selection_runs_redispatched": selection_redispatched,
         "workers_lost": fleet.mark_lost_workers(),

@@ -167,6 +167,7 @@ def create_training_job(
             genotype=parsed.to_dict(),
             dataset=dataset,
             recipe=parsed_recipe.to_dict(),
+            dispatched_at=timezone.now(),
         )
         dispatch.send_on_commit(dispatch.TASK_TRAIN_JOB, job.id)
     log.info(
