@@ -270,8 +270,8 @@ def _own_test_split(
         test = _load_folder(test_dataset, root, cache, image_size, progress, field_name="test_dataset")
     elif name == "cifar10":
         test = _load_cifar10(root, cache, image_size, download, train=False)
-    elif name != "digits" and _sibling_test(name, root) is not None:
-        test = _load_folder(_sibling_test(name, root), root, cache, image_size, progress, field_name="test_dataset")
+    elif name != "digits" and (sibling := _sibling_test(name, root)) is not None:
+        test = _load_folder(sibling, root, cache, image_size, progress, field_name="test_dataset")
     else:
         return None
     if list(test["classes"]) != list(full["classes"]):

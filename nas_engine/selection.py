@@ -54,13 +54,18 @@ def default_top_k(children: int) -> int:
     return max(MIN_TOP_K, min(PAPER_TOP_K, round(children * PAPER_TOP_K / PAPER_CHILDREN)))
 
 
-def top_k(candidates: list[Candidate], k: int) -> list[Candidate]:
-    """The k best distinct architectures: highest reward first, ties to the earlier sample;
-    a duplicate genotype (same canonical hash) counts once, as its first sample."""
+def distinct(candidates: list[Candidate]) -> list[Candidate]:
+    """One candidate per genotype (canonical hash), its first sample, in sample order: a
+    duplicate the search reused is the same cell, not another one to train."""
     first: dict[str, Candidate] = {}
     for c in sorted(candidates, key=lambda c: c.sample_index):
         first.setdefault(c.canonical_hash, c)
-    ranked = sorted(first.values(), key=lambda c: (-c.reward, c.sample_index))
+    return list(first.values())
+
+
+def top_k(candidates: list[Candidate], k: int) -> list[Candidate]:
+    """The k best distinct architectures: highest reward first, ties to the earlier sample."""
+    ranked = sorted(distinct(candidates), key=lambda c: (-c.reward, c.sample_index))
     if k > len(ranked):
         raise SelectionError(
             "top_k", f"{k} is more than the {len(ranked)} distinct architectures with a reward in this search"
@@ -71,8 +76,8 @@ def top_k(candidates: list[Candidate], k: int) -> list[Candidate]:
 def noise_floor_sample(candidates: list[Candidate], k: int, seed: int) -> list[Candidate]:
     """k distinct children drawn at random (seeded): the noise of a typical child, not of
     the best ones only."""
-    distinct = list({c.canonical_hash: c for c in sorted(candidates, key=lambda c: c.sample_index)}.values())
-    return random.Random(f"noise-floor:{seed}").sample(distinct, min(k, len(distinct)))
+    cells = distinct(candidates)
+    return random.Random(f"noise-floor:{seed}").sample(cells, min(k, len(cells)))
 
 
 def selection_recipe(child: Recipe, overrides: dict | None = None) -> Recipe:

@@ -13,13 +13,12 @@ import logging
 import time
 import traceback
 
-from django.conf import settings
-
 from nas_engine.genotype import Genotype
 from nas_engine.trainer import train_child
 from webapp import dispatch
 from webapp.live import events as live
 from webapp.searches import models as m
+from workers import leases
 from workers.leases import LeaseReporter, lease_kept, worker_id
 from workers.resources import dataset_for, device, objective_for
 
@@ -58,14 +57,9 @@ def finish(run: m.ChildRun, status: str, *, reward=None, error: str = "", wall_t
 
 
 def retry_or_fail(run: m.ChildRun, error: str) -> None:
-    if run.attempt >= settings.NAS_MAX_ATTEMPTS:
-        finish(run, m.RUN_FAILED, error=f"{error} (after {run.attempt} attempts)")
-        return
-    if run.requeue():
-        log.warning("child run %s failed on attempt %d (%s), queued for a retry", run.pk, run.attempt, error)
-        dispatch.send(dispatch.TASK_TRAIN_CHILD, run.pk)
-    else:
-        log.warning("child run %s failed on attempt %d (%s); no longer ours, not retried", run.pk, run.attempt, error)
+    leases.retry_or_fail(
+        run, f"child run {run.pk}", error, dispatch.TASK_TRAIN_CHILD, lambda why: finish(run, m.RUN_FAILED, error=why)
+    )
 
 
 def _publish_progress(run: m.ChildRun, epochs: list[dict]) -> None:

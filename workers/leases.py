@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import connection
 
 from nas_engine.trainer import EpochMetrics, Reporter
+from webapp import dispatch
 from webapp.searches import models as m
 
 log = logging.getLogger("nasnet.worker")
@@ -27,6 +28,18 @@ def worker_id() -> str:
     forked pool process names itself, not its parent), which lets local mode tell the
     claims of a dead local worker."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def retry_or_fail(row: m.LeasedWork, label: str, error: str, task: str, fail: Callable[[str], object]) -> None:
+    """An attempt that raised: the row goes back to the queue and its task is sent again,
+    or, once it used its NAS_MAX_ATTEMPTS, `fail(error)` writes its final failure."""
+    if row.attempt >= settings.NAS_MAX_ATTEMPTS:
+        fail(f"{error} (after {row.attempt} attempts)")
+    elif row.requeue():
+        log.warning("%s failed on attempt %d (%s), queued for a retry", label, row.attempt, error)
+        dispatch.send(task, row.pk)
+    else:
+        log.warning("%s failed on attempt %d (%s); no longer ours, not retried", label, row.attempt, error)
 
 
 def beat_interval() -> float:

@@ -251,7 +251,7 @@ def recover(broker_empty: bool, advance_all: bool, why: str = "resuming") -> dic
     now = timezone.now()
     host = socket.gethostname()
     with transaction.atomic():
-        for model in (m.ChildRun, m.TrainingJob, m.SelectionRun):
+        for model in m.LEASED_WORK:
             dead = [
                 pk
                 for pk, worker in model.objects.filter(status=m.RUN_RUNNING, worker__startswith=f"{host}:").values_list(
@@ -262,13 +262,8 @@ def recover(broker_empty: bool, advance_all: bool, why: str = "resuming") -> dic
             model.objects.filter(pk__in=dead, status=m.RUN_RUNNING).update(lease_expires_at=now - timedelta(seconds=1))
         if broker_empty:
             # dispatched_at NULL = "its message is lost": the reaper dispatches it again.
-            m.ChildRun.objects.filter(
-                status=m.RUN_QUEUED, architecture__search__status__in=(m.QUEUED, m.RUNNING, m.PAUSED)
-            ).update(dispatched_at=None)
-            m.SelectionRun.objects.filter(status=m.RUN_QUEUED, selection__status__in=m.RUN_ACTIVE).update(
-                dispatched_at=None
-            )
-            m.TrainingJob.objects.filter(status=m.RUN_QUEUED).update(dispatched_at=None)
+            for model in m.LEASED_WORK:
+                model.waiting().update(dispatched_at=None)
     result = reap()
     if broker_empty or advance_all:
         # The advances the lost messages asked for: one each (an advance with nothing to do

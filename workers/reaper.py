@@ -14,9 +14,7 @@ durable. The rows say what should be happening; the reaper makes it so.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
@@ -33,7 +31,6 @@ def reap() -> dict:
     """Requeue expired leases, re-dispatch lost messages, re-kick stalled searches."""
     dispatch.ensure_queues()
     now = timezone.now()
-    lease = timedelta(seconds=settings.NAS_LEASE_SECONDS)
     kicked: set[int] = set()
     with transaction.atomic():
         requeued_runs, failed_runs = m.ChildRun.expire_leases(now)
@@ -49,33 +46,16 @@ def reap() -> dict:
             log.warning("child run %s failed: %s", run.id, run.error)
         kicked.update(search_id for _, search_id, _ in given_up)
 
-        lost = m.ChildRun.objects.select_for_update(skip_locked=True).filter(
-            Q(dispatched_at__lt=now - lease) | Q(dispatched_at__isnull=True),
-            status=m.RUN_QUEUED,
-            architecture__search__status__in=(m.QUEUED, m.RUNNING, m.PAUSED),
-        )
-        # While the gpu queue still holds messages, a run may just be waiting its turn:
-        # re-dispatch once it has drained (an emptied Redis has an empty queue).
-        redispatched_ok = dispatch.queue_length(dispatch.QUEUE_GPU) == 0
-        redispatched = list(lost.values_list("id", flat=True)) if redispatched_ok else []
-        m.ChildRun.objects.filter(id__in=redispatched).update(dispatched_at=now)
-
         requeued_selection_runs, failed_selection_runs = m.SelectionRun.expire_leases(now)
         for run in requeued_selection_runs:
             log.warning("selection run %s: lease expired (attempt %d), requeued", run.id, run.attempt)
-        lost_selection_runs = m.SelectionRun.objects.select_for_update(skip_locked=True).filter(
-            Q(dispatched_at__lt=now - lease) | Q(dispatched_at__isnull=True),
-            status=m.RUN_QUEUED,
-            selection__status__in=m.RUN_ACTIVE,
-        )
-        selection_redispatched = list(lost_selection_runs.values_list("id", flat=True)) if redispatched_ok else []
-        m.SelectionRun.objects.filter(id__in=selection_redispatched).update(dispatched_at=now)
 
-        lost_jobs = m.TrainingJob.objects.select_for_update(skip_locked=True).filter(
-            Q(dispatched_at__lt=now - lease) | Q(dispatched_at__isnull=True), status=m.RUN_QUEUED
-        )
-        jobs_redispatched = list(lost_jobs.values_list("id", flat=True)) if redispatched_ok else []
-        m.TrainingJob.objects.filter(id__in=jobs_redispatched).update(dispatched_at=now)
+        # While the gpu queue still holds messages, a row may just be waiting its turn:
+        # re-dispatch once it has drained (an emptied Redis has an empty queue).
+        drained = dispatch.queue_length(dispatch.QUEUE_GPU) == 0
+        redispatched = m.ChildRun.lost_messages(now) if drained else []
+        selection_redispatched = m.SelectionRun.lost_messages(now) if drained else []
+        jobs_redispatched = m.TrainingJob.lost_messages(now) if drained else []
 
         requeued_jobs, failed_jobs = m.TrainingJob.expire_leases(now)
         for job in requeued_jobs:

@@ -16,7 +16,6 @@ import logging
 import time
 import traceback
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -25,7 +24,7 @@ from nas_engine.trainer import Recipe, train_child
 from webapp import dispatch
 from webapp.live import events as live
 from webapp.searches import models as m
-from workers.leases import LeaseReporter, lease_kept, worker_id
+from workers.leases import LeaseReporter, lease_kept, retry_or_fail, worker_id
 from workers.resources import checkpoint_path, dataset_for, device, objective_for
 
 log = logging.getLogger("nasnet.worker")
@@ -64,7 +63,10 @@ def run_selection_run(run_id: int) -> None:
             )
     except Exception as exc:
         log.exception("%s: training raised", label)
-        _retry_or_fail(run, traceback.format_exception_only(type(exc), exc)[-1].strip())
+        error = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        retry_or_fail(
+            run, label, error, dispatch.TASK_TRAIN_SELECTION, lambda why: _finish(run, m.RUN_FAILED, error=why)
+        )
         return
     if reporter.lost:
         return  # taken away or cancelled: whoever holds it now writes the result
@@ -89,14 +91,6 @@ def _finish(run: m.SelectionRun, status: str, *, reward=None, wall_time=None, ep
     else:
         log.warning("selection run %s failed: %s", run.pk, error)
     settle(run.selection_id)
-
-
-def _retry_or_fail(run: m.SelectionRun, error: str) -> None:
-    if run.attempt >= settings.NAS_MAX_ATTEMPTS:
-        _finish(run, m.RUN_FAILED, error=f"{error} (after {run.attempt} attempts)")
-    elif run.requeue():
-        log.warning("selection run %s failed on attempt %d (%s), queued for a retry", run.pk, run.attempt, error)
-        dispatch.send(dispatch.TASK_TRAIN_SELECTION, run.pk)
 
 
 def settle(selection_id: int) -> None:

@@ -104,7 +104,7 @@ def leaderboard(request: HttpRequest) -> HttpResponse:
     rows = leaderboard_rows(request.user, d["team"], d["search"], d["dataset"], sort)
     page = Paginator(rows, LEADERBOARD_PER_PAGE).get_page(request.GET.get("page"))
     page.object_list = list(page.object_list)
-    stats = selection_stats(page.object_list)  # one aggregate query for the whole page
+    stats = selection_stats(page.object_list)  # one query for the whole page
     for arch in page.object_list:
         arch.selection = headline_selection(stats.get(arch.id, []))
     kept = {k: request.GET[k] for k in ("team", "search", "dataset", "sort") if request.GET.get(k)}

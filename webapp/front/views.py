@@ -15,7 +15,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
-from django.db.models import Avg, Count, F, JSONField, Max, StdDev
+from django.db.models import F, JSONField, Max
 from django.db.models.expressions import RawSQL
 from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Greatest, Least
@@ -485,38 +485,28 @@ def architecture_genotype(request: HttpRequest, arch_id: int) -> HttpResponse:
 
 
 # -- selections: the top-K stage and noise floors ------------------------------------------------
-def _add_sample(n: int, mean: float | None, std: float | None, x: float) -> tuple[int, float, float | None]:
-    """(n, mean, sample std) of n values with one more, x (Welford's update)."""
-    if not n or mean is None:
-        return 1, x, None
-    squares = (std or 0.0) ** 2 * (n - 1)
-    new_mean = mean + (x - mean) / (n + 1)
-    squares += (x - mean) * (x - new_mean)
-    return n + 1, new_mean, math.sqrt(max(squares, 0.0) / n)
-
-
 def selection_stats(architectures) -> dict[int, list[dict]]:
     """Per architecture id, what its selections measured, newest selection first:
-    {selection, kind, status, mean, std, n, runs}. One aggregate query for all the
-    architectures given (a page of the leaderboard, or one architecture). As on the
-    selection page (Selection.ranking), a noise floor counts the search's own reward as
-    one more seed."""
+    {selection, kind, status, mean, std, n, runs}. One query for all the architectures
+    given (a page of the leaderboard, or one architecture), summarised by the rule of the
+    selection page (searches.models.seed_summary)."""
     search_rewards = {a.id: a.reward for a in architectures}
     if not search_rewards:
         return {}
-    rows = (
+    runs = (
         m.SelectionRun.objects.filter(architecture_id__in=list(search_rewards))
-        .values_list("architecture_id", "selection_id", "selection__kind", "selection__status")
-        .annotate(mean=Avg("reward"), std=StdDev("reward", sample=True), n=Count("reward"), runs=Count("id"))
+        .values_list("architecture_id", "selection_id", "selection__kind", "selection__status", "reward")
         .order_by("architecture_id", "-selection_id")
     )
+    grouped: dict[tuple, list] = {}  # (architecture, selection, kind, status) -> rewards, in that order
+    for arch_id, selection_id, kind, status, reward in runs:
+        grouped.setdefault((arch_id, selection_id, kind, status), []).append(reward)
     out: dict[int, list[dict]] = {}
-    for arch_id, selection_id, kind, status, mean, std, n, runs in rows:
-        own = search_rewards[arch_id]
-        if kind == m.SELECTION_NOISE_FLOOR and own is not None:
-            n, mean, std = _add_sample(n, mean, std, own)
-        stats = {"selection": selection_id, "kind": kind, "status": status, "mean": mean, "std": std, "n": n}
-        out.setdefault(arch_id, []).append({**stats, "runs": runs})
+    for (arch_id, selection_id, kind, status), rewards in grouped.items():
+        stats = m.seed_summary(kind, rewards, search_rewards[arch_id])
+        out.setdefault(arch_id, []).append(
+            {"selection": selection_id, "kind": kind, "status": status, **stats, "runs": len(rewards)}
+        )
     return out
 
 

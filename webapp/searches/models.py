@@ -13,7 +13,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import models
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from nas_engine.spec import Limits, SearchSpec, validate_spec
@@ -214,7 +214,9 @@ class LeasedWork(models.Model):
       means the work was taken away (lease expired and reclaimed, or cancelled);
     - heartbeat: extends the lease; finish / requeue: end the claim;
     - expire_leases (the reaper): running rows whose lease ran out are queued again, or
-      failed once they used up their attempts.
+      failed once they used up their attempts;
+    - lost_messages (the reaper): waiting rows whose task message went out a lease ago (or
+      never: `dispatched_at` empty) are sent again, as a flushed Redis loses messages.
     """
 
     status = models.CharField(max_length=20, choices=RUN_STATUSES, default=RUN_QUEUED, db_index=True)
@@ -226,6 +228,7 @@ class LeasedWork(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)  # its task message last went out
 
     class Meta:
         abstract = True
@@ -238,8 +241,13 @@ class LeasedWork(models.Model):
 
     @classmethod
     def requeue_fields(cls, now) -> dict:
-        """Extra fields written whenever a row goes back to the queue."""
-        return {}
+        """Fields written whenever a row goes back to the queue (and so is dispatched again)."""
+        return {"dispatched_at": now}
+
+    @classmethod
+    def waiting(cls) -> models.QuerySet:
+        """Queued rows whose work may still start (a child run of a cancelled search may not)."""
+        return cls.objects.filter(status=RUN_QUEUED)
 
     @classmethod
     def claimed(cls, pk: int):
@@ -285,6 +293,19 @@ class LeasedWork(models.Model):
         return bool(self.ours().update(status=RUN_QUEUED, lease_expires_at=None, **fields))
 
     @classmethod
+    def lost_messages(cls, now) -> list[int]:
+        """Ids of waiting rows whose message went out a lease ago or never, marked as sent
+        now (the caller sends them). Call inside a transaction, and only once the queue has
+        drained: while it holds messages a row may just be waiting its turn."""
+        lease = timedelta(seconds=settings.NAS_LEASE_SECONDS)
+        rows = cls.waiting().select_for_update(skip_locked=True)
+        lost = list(
+            rows.filter(Q(dispatched_at__lt=now - lease) | Q(dispatched_at__isnull=True)).values_list("id", flat=True)
+        )
+        cls.objects.filter(id__in=lost).update(dispatched_at=now)
+        return lost
+
+    @classmethod
     def expire_leases(cls, now=None) -> tuple[list, list]:
         """Running rows whose lease ran out: queued again while attempts remain, else failed.
         Returns (requeued rows, failed rows). Call inside a transaction: the rows are locked
@@ -328,7 +349,6 @@ class ChildRun(LeasedWork):
     """A training attempt of an architecture. Claimed with a lease, kept by heartbeats."""
 
     architecture = models.ForeignKey(Architecture, on_delete=models.CASCADE, related_name="runs")
-    dispatched_at = models.DateTimeField(null=True, blank=True)
     epochs = models.JSONField(default=list, blank=True, help_text="per-epoch metrics")
     reward = models.FloatField(null=True, blank=True)
     wall_time = models.FloatField(null=True, blank=True)
@@ -347,12 +367,12 @@ class ChildRun(LeasedWork):
         return cls.objects.filter(pk=pk).exclude(architecture__search__status__in=SEARCH_STOPPING)
 
     @classmethod
-    def claimed(cls, pk: int):
-        return cls.objects.select_related("architecture__search").get(pk=pk)
+    def waiting(cls) -> models.QuerySet:
+        return super().waiting().filter(architecture__search__status__in=(QUEUED, RUNNING, PAUSED))
 
     @classmethod
-    def requeue_fields(cls, now) -> dict:
-        return {"dispatched_at": now}  # the reaper measures "lost message" from here
+    def claimed(cls, pk: int):
+        return cls.objects.select_related("architecture__search").get(pk=pk)
 
     def to_dict(self) -> dict:
         return {"id": self.id, "architecture": self.architecture_id, **self.result_dict()}
@@ -386,7 +406,6 @@ class TrainingJob(LeasedWork):
     mult_adds = models.BigIntegerField(null=True, blank=True)
     wall_time = models.FloatField(null=True, blank=True)
     bundle_path = models.CharField(max_length=500, blank=True, help_text="relative to NAS_ARTIFACTS_ROOT")
-    dispatched_at = models.DateTimeField(null=True, blank=True)
 
     objects = TeamScopedQuerySet.as_manager()
 
@@ -395,10 +414,6 @@ class TrainingJob(LeasedWork):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.team})"
-
-    @classmethod
-    def requeue_fields(cls, now) -> dict:
-        return {"dispatched_at": now}  # the reaper measures "lost message" from here
 
     def to_dict(self) -> dict:
         return {
@@ -510,12 +525,7 @@ class Selection(models.Model):
             row["done"] += run.status in RUN_DONE
             row["failed"] += run.status in (RUN_FAILED, RUN_CANCELLED)
         for row in rows.values():
-            samples = [r for r in row["rewards"] if r is not None]
-            if self.kind == SELECTION_NOISE_FLOOR and row["search_reward"] is not None:
-                samples.append(row["search_reward"])
-            row["n"] = len(samples)
-            row["mean"] = sum(samples) / len(samples) if samples else None
-            row["std"] = _sample_std(samples)
+            row.update(seed_summary(self.kind, row["rewards"], row["search_reward"]))
         return sorted(rows.values(), key=_rank_key)
 
     def pooled_std(self, ranking: list[dict] | None = None) -> float | None:
@@ -555,6 +565,16 @@ def _rank_key(row: dict) -> tuple:
     return (False, -row["mean"], row["std"] or 0.0, row["sample_index"])
 
 
+def seed_summary(kind: str, rewards: list[float | None], search_reward: float | None) -> dict:
+    """{n, mean, std} of one architecture's rewards in a selection (None: not yet). A noise
+    floor trains with the search's own recipe, so the search's reward is one more seed."""
+    samples = [r for r in rewards if r is not None]
+    if kind == SELECTION_NOISE_FLOOR and search_reward is not None:
+        samples.append(search_reward)
+    mean = sum(samples) / len(samples) if samples else None
+    return {"n": len(samples), "mean": mean, "std": _sample_std(samples)}
+
+
 def _sample_std(values: list[float]) -> float | None:
     if len(values) < 2:
         return None
@@ -569,7 +589,6 @@ class SelectionRun(LeasedWork):
     selection = models.ForeignKey(Selection, on_delete=models.CASCADE, related_name="runs")
     architecture = models.ForeignKey(Architecture, on_delete=models.CASCADE, related_name="selection_runs")
     seed = models.IntegerField()
-    dispatched_at = models.DateTimeField(null=True, blank=True)
     epochs = models.JSONField(default=list, blank=True, help_text="per-epoch metrics")
     reward = models.FloatField(null=True, blank=True, help_text="validation accuracy after the last epoch")
     wall_time = models.FloatField(null=True, blank=True)
@@ -588,12 +607,12 @@ class SelectionRun(LeasedWork):
         return cls.objects.filter(pk=pk).exclude(selection__status=RUN_CANCELLED)
 
     @classmethod
-    def claimed(cls, pk: int):
-        return cls.objects.select_related("selection__search", "architecture").get(pk=pk)
+    def waiting(cls) -> models.QuerySet:
+        return super().waiting().filter(selection__status__in=RUN_ACTIVE)
 
     @classmethod
-    def requeue_fields(cls, now) -> dict:
-        return {"dispatched_at": now}
+    def claimed(cls, pk: int):
+        return cls.objects.select_related("selection__search", "architecture").get(pk=pk)
 
     def to_dict(self) -> dict:
         return {
@@ -603,3 +622,7 @@ class SelectionRun(LeasedWork):
             "seed": self.seed,
             **self.result_dict(),
         }
+
+
+# Every kind of leased work, for what treats them alike (the reaper, local mode's recovery).
+LEASED_WORK = (ChildRun, TrainingJob, SelectionRun)

@@ -21,6 +21,7 @@ from nas_engine.selection import (
     SelectionError,
     check_count,
     default_top_k,
+    distinct,
     noise_floor_sample,
     seeds_for,
     selection_recipe,
@@ -292,7 +293,7 @@ def start_follow_ups(search: m.Search) -> list[m.Selection]:
             recipe = {"epochs": options["epochs"]} if options.get("epochs") else None
             args = {"top_k": options["top_k"], "seeds": options["seeds"], "recipe": recipe}
             if args["top_k"] is not None:
-                args["top_k"] = min(args["top_k"], len({c.canonical_hash for c in _candidates(search)}))
+                args["top_k"] = min(args["top_k"], len(distinct(_candidates(search))))
         try:
             with transaction.atomic():
                 started.append(create_selection(user=None, search=search, kind=kind, **args))
