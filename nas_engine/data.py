@@ -9,7 +9,8 @@ the cheap options (subset, split) are applied to the cached tensors on every loa
 Three kinds of source:
 
     "digits"   sklearn's load_digits: 1,797 8x8 grey images, 10 classes, no download
-    "cifar10"  torchvision's CIFAR10 under <data_root>/cifar10/ (downloaded if allowed)
+    "cifar10"  CIFAR-10's python batches under <data_root>/cifar10/, read by cifar_batches
+               (downloaded and checksummed by torchvision if allowed)
     a folder   an ImageFolder layout <class>/<image> under the data root, decoded with PIL
                (the two names above always mean the built-in sets)
 
@@ -52,6 +53,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from nas_engine import cifar_batches
 from nas_engine.errors import FieldError
 
 BUILTIN = ("digits", "cifar10")
@@ -248,6 +250,49 @@ def load_dataset(
     )
 
 
+@dataclass(frozen=True)
+class DatasetShape:
+    """What sizing a network needs of a data set, known without decoding it."""
+
+    num_classes: int
+    channels: int
+    image_size: int
+
+
+_BUILTIN_SHAPES = {"digits": DatasetShape(10, 1, 8), "cifar10": DatasetShape(10, 3, 32)}
+
+
+def peek_dataset(name: str, *, data_root: str | Path | None = None, image_size: int | None = None) -> DatasetShape:
+    """Classes, channels and image size of a data set, cheaply: a web request sizing a
+    network for a budget cannot decode 50,000 images. A folder's classes are its
+    subfolders and its size the first image's height (`image_size`, when given, wins)."""
+    _check_positive_int("image_size", image_size)
+    if name in _BUILTIN_SHAPES:
+        shape = _BUILTIN_SHAPES[name]
+        return replace(shape, image_size=image_size or shape.image_size)
+    root = Path(data_root) if data_root is not None else default_data_root()
+    folder = resolve_under_root(name, root.resolve())
+    if not folder.is_dir():
+        raise DataError("dataset", f"{name!r} is not a folder under the data root")
+    class_dirs = sorted(e.path for e in os.scandir(folder) if not e.name.startswith(".") and e.is_dir())
+    if not class_dirs:
+        raise DataError("dataset", f"{name!r} has no class subfolders; lay it out as <class>/<image>")
+    if image_size is None:
+        image_size = _first_image_height(class_dirs[0])
+    return DatasetShape(len(class_dirs), 3, image_size)
+
+
+def _first_image_height(class_dir: str) -> int:
+    for entry in sorted(os.scandir(class_dir), key=lambda e: e.name):
+        if not entry.name.startswith(".") and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+            try:
+                with Image.open(entry.path) as image:  # reads the header only
+                    return image.size[1]
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise DataError("dataset", f"{entry.name}: cannot read the image ({exc})") from None
+    raise DataError("dataset", f"class folder {Path(class_dir).name!r} has no images")
+
+
 # The held-out test split is drawn with this seed whatever the run's seed is.
 _HOLDOUT_SEED = 0
 
@@ -338,14 +383,14 @@ def _load_cifar10(data_root: Path, cache_dir: Path, image_size: int | None, down
     _refuse_cache_inside(cache_dir, folder)
 
     def build() -> dict:
-        from torchvision import datasets
-
+        # The reader raises its own CifarBatchError (it cannot import this module back).
         try:
-            ds = datasets.CIFAR10(root=str(folder), train=train, download=False)
-        except RuntimeError as exc:  # torchvision's "not found or corrupted" (checksums)
+            ds = cifar_batches.read_split(batches, train=train)
+        except cifar_batches.MissingBatchError as exc:
             raise DataError("dataset", _cifar10_missing(root, folder, str(exc))) from None
-        images = _resize(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), image_size)
-        return {"images": images, "labels": torch.tensor(ds.targets, dtype=torch.int64), "classes": list(ds.classes)}
+        except cifar_batches.CifarBatchError as exc:
+            raise DataError("dataset", str(exc)) from None
+        return {"images": _resize(ds.images, image_size), "labels": ds.labels, "classes": ds.classes}
 
     fingerprint = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(batches))
     kind = "cifar10" if train else "cifar10-test"

@@ -39,8 +39,9 @@ mult-adds). Counts come from `counting.describe` on the meta device.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nas_engine.counting import Counts, describe
 from nas_engine.genotype import Genotype
@@ -227,20 +228,11 @@ def fit_to_budget(
     MIN_FILTERS; the message gives that network's count, the smallest reachable value.
     """
     budgets = _check_budgets(max_params, max_mult_adds)
-    tried = sorted(set([repeats] if isinstance(repeats, int) else (repeats or REPEATS_TRIED)))
-    if not tried or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in tried):
-        raise NetworkError("repeats", f"must be integers >= 1, got {repeats!r}")
-    stem = stem_multiplier if stem_multiplier is not None else (3.0 if kind == "cifar" else 1.0)
-    cache: dict[tuple[int, int], Counts] = {}
-
-    def count(n: int, f: int) -> Counts:
-        if (n, f) not in cache:
-            macro = MacroConfig(
-                kind=kind, repeats=n, filters=f, stem_multiplier=stem, num_classes=num_classes,
-                in_channels=in_channels, image_size=image_size, skip_reduction_input=skip_reduction_input,
-            )  # fmt: skip
-            cache[(n, f)] = describe(genotype, macro)
-        return cache[(n, f)]
+    tried = _repeats_tried(repeats)
+    count = _counter(
+        genotype, kind=kind, image_size=image_size, num_classes=num_classes, in_channels=in_channels,
+        stem_multiplier=stem_multiplier, skip_reduction_input=skip_reduction_input,
+    )  # fmt: skip
 
     def ratio(counts: Counts) -> float:  # <= 1: within every budget
         return max(getattr(counts, name) / limit for name, limit in budgets.items())
@@ -259,6 +251,92 @@ def fit_to_budget(
             best = (n, f, count(n, f))
         guess = ceiling = f  # one more cell per stack: the widest F can only shrink
     return best
+
+
+def fit_recipe(genotype: Genotype, recipe: Recipe, shape, budget: dict, repeats: int | None) -> tuple[Recipe, Counts]:
+    """`recipe` with the N and F of the largest network within `budget` ({max_params,
+    max_mult_adds}) on a data set of `shape` (anything with num_classes, channels and
+    image_size: a DatasetSplit or a DatasetShape); N is fixed when `repeats` is given."""
+    n, f, counts = fit_to_budget(genotype, repeats=repeats, **_sizing(recipe, shape), **budget)
+    return replace(recipe, repeats=n, filters=f), counts
+
+
+def check_recipe_budget(genotype: Genotype, recipe: Recipe, shape, budget: dict, repeats: int | None) -> None:
+    """Raise the BudgetError `fit_recipe` would raise for an invalid or unreachable budget,
+    at the cost of one count (the smallest network tried), so a web request can refuse it
+    before a worker spends a fit on it."""
+    budgets = _check_budgets(budget.get("max_params"), budget.get("max_mult_adds"))
+    n, f = _repeats_tried(repeats)[0], MIN_FILTERS.get(recipe.macro, 2)
+    smallest = _counter(genotype, **_sizing(recipe, shape))(n, f)
+    if any(getattr(smallest, name) > limit for name, limit in budgets.items()):
+        raise _unreachable(budgets, smallest, n, f, penultimate_filters(genotype, f))
+
+
+def _sizing(recipe: Recipe, shape) -> dict:
+    """What fit_to_budget needs to know of the recipe and the data set."""
+    return {
+        "kind": recipe.macro,
+        "image_size": shape.image_size,
+        "num_classes": shape.num_classes,
+        "in_channels": shape.channels,
+        "stem_multiplier": recipe.stem_multiplier,
+        "skip_reduction_input": recipe.skip_reduction_input,
+    }
+
+
+_SUFFIXES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}
+
+
+def parse_count(text: object) -> int:
+    """A budget as people write it: 564M, 5.3m, 23.8B, 600e6, 3300000 (or a number) -> a
+    positive whole count. ValueError otherwise."""
+    if isinstance(text, bool):
+        raise ValueError(f"expected a positive count such as 600M, 5.3M or 600e6, got {text!r}")
+    if isinstance(text, int | float):
+        value = float(text)
+    else:
+        match = re.fullmatch(r"\s*([0-9.eE+-]+?)\s*([kKmMgGbB]?)\s*", str(text))
+        try:
+            value = float(match.group(1)) * _SUFFIXES[match.group(2).lower()] if match else math.nan
+        except ValueError:
+            value = math.nan
+    if not value >= 1 or value == math.inf:
+        raise ValueError(f"expected a positive count such as 600M, 5.3M or 600e6, got {text!r}")
+    return int(value)
+
+
+def _repeats_tried(repeats: int | Sequence[int] | None) -> list[int]:
+    tried = sorted(set([repeats] if isinstance(repeats, int) else (repeats or REPEATS_TRIED)))
+    if not tried or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in tried):
+        raise NetworkError("repeats", f"must be integers >= 1, got {repeats!r}")
+    return tried
+
+
+def _counter(
+    genotype: Genotype,
+    *,
+    kind: str,
+    image_size: int,
+    num_classes: int,
+    in_channels: int,
+    stem_multiplier: float | None,
+    skip_reduction_input: bool,
+) -> Callable[[int, int], Counts]:
+    """count(N, F): the network's counts, memoised. `stem_multiplier` defaults to 3 for
+    cifar and 1 for imagenet (as in MacroConfig's docs)."""
+    stem = stem_multiplier if stem_multiplier is not None else (3.0 if kind == "cifar" else 1.0)
+    cache: dict[tuple[int, int], Counts] = {}
+
+    def count(n: int, f: int) -> Counts:
+        if (n, f) not in cache:
+            macro = MacroConfig(
+                kind=kind, repeats=n, filters=f, stem_multiplier=stem, num_classes=num_classes,
+                in_channels=in_channels, image_size=image_size, skip_reduction_input=skip_reduction_input,
+            )  # fmt: skip
+            cache[(n, f)] = describe(genotype, macro)
+        return cache[(n, f)]
+
+    return count
 
 
 def _check_budgets(max_params: float | None, max_mult_adds: float | None) -> dict[str, float]:

@@ -26,6 +26,7 @@ OPERATIONS = {
     "/api/training-jobs": {"get", "post"},
     "/api/training-jobs/{id}": {"get"},
     "/api/training-jobs/{id}/bundle": {"get"},
+    "/api/transfer-presets": {"get"},
 }
 
 

@@ -200,3 +200,80 @@ def test_anonymous_gets_401_on_jobs(client, personas):
     for url in ("/api/training-jobs", f"/api/training-jobs/{job.id}", f"/api/training-jobs/{job.id}/bundle"):
         assert client.get(url).status_code == 401
     assert post(client, {"team": personas.alpha.id}).status_code == 401
+
+
+# -- transfer: presets and size budgets (issue #11) -----------------------------------------------
+def test_a_preset_is_the_base_recipe_and_sets_the_image_size(client, personas):
+    client.force_login(personas.owner)
+    body = {"team": personas.alpha.id, "name": "p", "genotype": GENOTYPE, "dataset": "digits"}
+    r = post(client, {**body, "preset": "cifar_final_cpu", "recipe": {"epochs": 1}})
+    assert r.status_code == 201, r.content
+    job = m.TrainingJob.objects.get()
+    # The preset's regularisation, the explicit field over it, its 32 px over digits' 8.
+    assert (job.recipe["aux_weight"], job.recipe["drop_path_keep"], job.recipe["cutout"]) == (0.4, 0.6, 16)
+    assert (job.recipe["epochs"], job.recipe["repeats"], job.recipe["filters"]) == (1, 2, 8)
+    assert job.dataset["image_size"] == 32 and job.preset == "cifar_final_cpu" and job.budget == {}
+    assert r.json()["preset"] == "cifar_final_cpu" and r.json()["budget"] is None
+
+
+def test_an_explicit_image_size_wins_over_the_presets(client, personas):
+    client.force_login(personas.owner)
+    body = {"team": personas.alpha.id, "name": "p", "genotype": GENOTYPE, "preset": "cifar_final_cpu"}
+    r = post(client, {**body, "dataset": {"name": "digits", "image_size": 16}})
+    assert r.status_code == 201, r.content
+    assert m.TrainingJob.objects.get().dataset["image_size"] == 16
+
+
+def test_a_budget_is_stored_for_the_worker_to_fit(client, personas):
+    client.force_login(personas.owner)
+    body = {"team": personas.alpha.id, "name": "b", "genotype": GENOTYPE, "dataset": "digits"}
+    r = post(client, {**body, "recipe": {"repeats": 2, "epochs": 1}, "budget": {"max_params": "20k"}})
+    assert r.status_code == 201, r.content
+    job = m.TrainingJob.objects.get()
+    assert job.budget == {"max_params": 20000, "max_mult_adds": None, "repeats": 2}
+    assert r.json()["budget"] == job.budget
+
+
+def test_the_presets_are_listed(client, personas):
+    client.force_login(personas.member)
+    r = client.get("/api/transfer-presets")
+    assert r.status_code == 200
+    presets = r.json()
+    assert {"cifar_final", "imagenet_mobile", "imagenet_large", "cifar_final_cpu"} <= set(presets)
+    assert presets["cifar_final"]["recipe"]["epochs"] == 600 and presets["cifar_final"]["n_at_p"] == "6@768"
+    client.logout()
+    assert client.get("/api/transfer-presets").status_code == 401
+
+
+BAD_TRANSFER = [
+    ("preset", {"preset": "cifar_huge"}),
+    ("preset", {"preset": 3}),
+    ("budget", {"budget": 5}),
+    ("budget", {"budget": {"max_params": None}}),
+    ("budget.max_flops", {"budget": {"max_flops": 1}}),
+    ("budget.max_params", {"budget": {"max_params": "lots"}}),
+    ("budget.max_params", {"budget": {"max_params": -5}}),
+    ("budget.max_params", {"budget": {"max_params": True}}),
+    # Below the smallest network of this cell: no N@P can meet it.
+    ("budget.max_params", {"budget": {"max_params": 100}}),
+    ("budget.max_mult_adds", {"budget": {"max_mult_adds": "1k"}}),
+    ("recipe.filters", {"budget": {"max_params": "1M"}, "recipe": {"filters": 8}}),
+    # An ImageNet stem needs 32 px; digits are 8 px unless an image size is given.
+    ("dataset.image_size", {"recipe": {"macro": "imagenet"}}),
+]
+
+
+@pytest.mark.parametrize(("field", "change"), BAD_TRANSFER, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_TRANSFER)])
+def test_it_refuses_a_bad_preset_or_budget_naming_the_field(client, personas, field, change):
+    client.force_login(personas.owner)
+    body = {"team": personas.alpha.id, "name": "j", "genotype": GENOTYPE, "dataset": "digits", **change}
+    r = post(client, body)
+    assert r.status_code == 400 and r.json()["field"] == field, r.content
+    assert m.TrainingJob.objects.count() == 0
+
+
+def test_an_unreachable_budget_says_the_smallest_reachable_value(client, personas):
+    client.force_login(personas.owner)
+    body = {"team": personas.alpha.id, "name": "j", "genotype": GENOTYPE, "dataset": "digits"}
+    r = post(client, {**body, "budget": {"max_params": 100}})
+    assert "smallest reachable value" in r.json()["error"]

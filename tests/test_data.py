@@ -1,11 +1,15 @@
-"""Data sets: sklearn digits, image folders (a real slice of CIFAR-10 JPEGs), the cache,
-subsets, stratified splits and the data-root boundary."""
+"""Data sets: sklearn digits, CIFAR-10's python batches (a tiny, format-exact copy), image
+folders (a real slice of CIFAR-10 JPEGs), the cache, subsets, stratified splits and the
+data-root boundary."""
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import pickletools
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nas_engine import data
+from nas_engine import cifar_batches, data
 from nas_engine.data import DataError, DatasetSplit, load_dataset, resolve_under_root
 
 CIFAR_JPEG = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg" / "train"
@@ -415,7 +419,7 @@ def test_a_cache_dir_inside_the_data_folder_is_refused(tmp_path):
     assert err.value.field == "cache_dir"
 
 
-# -- CIFAR-10 through torchvision -------------------------------------------------------------------
+# -- CIFAR-10: no files, and torchvision's download -------------------------------------------------
 def test_cifar10_missing_says_where_to_put_the_files(tmp_path, cache):
     with pytest.raises(DataError) as err:
         load("cifar10", tmp_path, cache, download=False)
@@ -437,6 +441,254 @@ def test_cifar10_download_either_works_or_fails_clearly_leaving_nothing_behind(t
         assert len(split.val_labels) == 5000 and split.classes == CLASSES
 
 
+# -- CIFAR-10's python batches, read by nas_engine.cifar_batches ------------------------------------
+CIFAR_PER_BATCH = 20  # x 5 training batches
+CIFAR_TEST_IMAGES = 10
+CIFAR_BATCHES = [*cifar_batches.TRAIN_BATCHES, cifar_batches.TEST_BATCH]
+
+
+class Python2Pickler(pickle._Pickler):
+    """Pickles as Python 2's cPickle wrote the real batches: protocol 2, every string (the
+    keys, the class names, numpy's raw array bytes) a Python 2 `str` opcode, and numpy's
+    `_reconstruct` under its numpy 1 name."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj: str | bytes) -> None:
+        raw = obj.encode("latin-1") if isinstance(obj, str) else obj
+        if len(raw) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
+        self.memoize(obj)
+
+    dispatch[str] = save_py2_str
+    dispatch[bytes] = save_py2_str
+
+    def save_global(self, obj, name=None):
+        if obj is cifar_batches._RECONSTRUCT:
+            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
+            self.memoize(obj)
+        else:
+            super().save_global(obj, name)
+
+
+def dump_cifar(path: Path, obj: object, style: str) -> None:
+    """`style`: "python2" (the real files), or "bytes-keys" (written again by Python 3,
+    protocol 4, keys and class names as bytes)."""
+    with open(path, "wb") as f:
+        if style == "python2":
+            Python2Pickler(f, protocol=2).dump(obj)
+        else:
+            pickle.dump(_as_bytes(obj), f, protocol=4)
+
+
+def _as_bytes(obj: object) -> object:
+    if isinstance(obj, str):
+        return obj.encode("latin-1")
+    if isinstance(obj, dict):
+        return {_as_bytes(k): _as_bytes(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_as_bytes(v) for v in obj]
+    return obj
+
+
+def write_cifar10(data_root: Path, style: str = "python2", classes: list[str] = CLASSES) -> dict:
+    """A format-exact, tiny CIFAR-10: `data_root/cifar10/cifar-10-batches-py/` with 5
+    training batches of 20 images, a test batch of 10 and batches.meta. Random pixels, so
+    every image, channel and position tells apart. Returns {file: (data, labels)}."""
+    folder = data_root / "cifar10" / cifar_batches.FOLDER
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    written = {}
+    for name in CIFAR_BATCHES:
+        n = CIFAR_TEST_IMAGES if name == cifar_batches.TEST_BATCH else CIFAR_PER_BATCH
+        pixels = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = [int(c) for c in rng.permutation(n) % 10]
+        batch = {
+            "batch_label": f"{name} of 6",
+            "labels": labels,
+            "data": pixels,
+            "filenames": [f"{name}_{i}.png" for i in range(n)],
+        }
+        dump_cifar(folder / name, batch, style)
+        written[name] = (pixels, labels)
+    meta = {"num_cases_per_batch": CIFAR_PER_BATCH, "label_names": classes, "num_vis": 3072}
+    dump_cifar(folder / cifar_batches.META, meta, style)
+    return written
+
+
+def as_images(pixels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(pixels).reshape(-1, 3, 32, 32)
+
+
+@pytest.fixture
+def cifar10_root(tmp_path: Path) -> tuple[Path, dict]:
+    data_root = tmp_path / "data"
+    return data_root, write_cifar10(data_root)
+
+
+def test_the_fixture_is_pickled_as_the_real_batches_are(cifar10_root):
+    root, written = cifar10_root
+    raw = (root / "cifar10" / cifar_batches.FOLDER / "data_batch_1").read_bytes()
+    ops = [(op.name, arg) for op, arg, _ in pickletools.genops(raw)]
+    assert ops[0] == ("PROTO", 2)
+    assert {arg for name, arg in ops if name == "GLOBAL"} == {
+        "numpy.core.multiarray _reconstruct",
+        "numpy ndarray",
+        "numpy dtype",
+    }
+    assert not {name for name, _ in ops} & {"BINUNICODE", "SHORT_BINUNICODE", "BINBYTES", "SHORT_BINBYTES"}
+    # What torchvision's CIFAR10 does with a batch.
+    entry = pickle.loads(raw, encoding="latin1")
+    assert sorted(entry) == ["batch_label", "data", "filenames", "labels"]
+    assert entry["labels"] == written["data_batch_1"][1]
+    assert np.array_equal(entry["data"], written["data_batch_1"][0])
+
+
+@pytest.mark.parametrize("style", ["python2", "bytes-keys"])
+def test_cifar10_reads_the_training_batches_and_the_official_test_batch(tmp_path, cache, style):
+    classes = CLASSES if style == "python2" else [f"kind {i}" for i in range(10)]
+    written = write_cifar10(tmp_path / "data", style, classes)
+    split = load("cifar10", tmp_path / "data", cache, download=False)
+
+    assert split.name == "cifar10" and split.classes == classes
+    assert (split.num_classes, split.channels, split.image_size) == (10, 3, 32)
+    # train + validation: the 100 images of data_batch_1..5, each with its own label
+    expected = {}
+    for name in cifar_batches.TRAIN_BATCHES:
+        pixels, labels = written[name]
+        expected.update(zip((bytes(x.flatten().tolist()) for x in as_images(pixels)), labels))
+    train_val = torch.cat([split.train_images, split.val_images])
+    got = dict(zip((bytes(x.flatten().tolist()) for x in train_val), torch.cat([split.train_labels, split.val_labels])))
+    assert len(train_val) == 5 * CIFAR_PER_BATCH == len(expected)
+    assert {k: int(v) for k, v in got.items()} == expected
+    assert len(split.val_labels) == 10  # 10% by default, one image per class
+    # test: exactly test_batch, in order, pixel for pixel
+    pixels, labels = written["test_batch"]
+    assert split.has_test
+    assert split.test_images.dtype == torch.uint8 and split.test_labels.dtype == torch.int64
+    assert torch.equal(split.test_images, as_images(pixels))
+    assert split.test_labels.tolist() == labels
+    assert split.test_source == "cifar10 test batch (10 images)"
+    assert not rows(split.test_images) & rows(train_val)
+    # a row is 1,024 red, then 1,024 green, then 1,024 blue bytes, each plane row-major
+    first = split.test_images[0]
+    assert int(first[0, 0, 1]) == pixels[0, 1]
+    assert int(first[0, 1, 0]) == pixels[0, 32]
+    assert int(first[1, 0, 0]) == pixels[0, 1024]
+    assert int(first[2, 31, 31]) == pixels[0, 3071]
+
+
+def test_cifar10_images_can_be_resized_and_come_from_the_cache_the_second_time(cifar10_root, cache, monkeypatch):
+    root, written = cifar10_root
+    first = load("cifar10", root, cache, download=False, image_size=16)
+    assert first.test_images.shape == (CIFAR_TEST_IMAGES, 3, 16, 16)
+    monkeypatch.setattr(cifar_batches, "read_split", lambda *a, **kw: pytest.fail("read the batches again"))
+    second = load("cifar10", root, cache, download=False, image_size=16)
+    assert torch.equal(second.test_images, first.test_images)
+    assert torch.equal(all_images(second), all_images(first))
+
+
+def test_cifar10_refuses_test_size_as_it_has_a_test_split(cifar10_root, cache):
+    root, _ = cifar10_root
+    with pytest.raises(DataError) as err:
+        load("cifar10", root, cache, download=False, test_size=5)
+    assert err.value.field == "test_size"
+    assert "cifar10 test batch" in str(err.value)
+    assert load("cifar10", root, cache, download=False, test_size=0).has_test  # 0: nothing carved
+
+
+def _replace_data(folder: Path, name: str, data: object = None, labels: object = None) -> None:
+    batch = pickle.loads((folder / name).read_bytes(), encoding="latin1")
+    batch.update({k: v for k, v in (("data", data), ("labels", labels)) if v is not None})
+    dump_cifar(folder / name, batch, "python2")
+
+
+def _truncate(folder: Path, name: str) -> None:
+    raw = (folder / name).read_bytes()
+    (folder / name).write_bytes(raw[: len(raw) // 2])
+
+
+@pytest.mark.parametrize(
+    ("name", "corrupt", "why"),
+    [
+        ("test_batch", lambda f, n: _replace_data(f, n, data=np.zeros((10, 1024), np.uint8)), "shape (10, 1024)"),
+        ("data_batch_2", lambda f, n: _replace_data(f, n, data=np.zeros((20, 3072), np.int32)), "int32 array"),
+        ("data_batch_3", _truncate, "cannot unpickle"),
+        ("test_batch", lambda f, n: (f / n).write_text("not a pickle"), "cannot unpickle"),
+        ("test_batch", lambda f, n: (f / n).write_bytes(pickle.dumps([1, 2, 3], protocol=2)), "not a dict"),
+        ("data_batch_5", lambda f, n: _replace_data(f, n, labels=[10] * 20), "labels range over 10..10"),
+        ("data_batch_1", lambda f, n: _replace_data(f, n, labels=[0] * 19), "19 labels for 20 images"),
+        ("data_batch_1", lambda f, n: _replace_data(f, n, labels=[0.0] * 20), "not a list of ints"),
+        ("batches.meta", lambda f, n: dump_cifar(f / n, {"label_names": CLASSES[:9]}, "python2"), "9 label_names"),
+        ("test_batch", lambda f, n: dump_cifar(f / n, {"data": np.zeros((10, 3072), np.uint8)}, "python2"), "`labels`"),
+    ],
+)
+def test_a_corrupt_cifar10_batch_is_named_with_the_reason(cifar10_root, cache, name, corrupt, why):
+    root, _ = cifar10_root
+    folder = root / "cifar10" / cifar_batches.FOLDER
+    corrupt(folder, name)
+    with pytest.raises(DataError) as err:
+        load("cifar10", root, cache, download=False)
+    assert err.value.field == "dataset"
+    assert str(folder.resolve() / name) in err.value.reason
+    assert why in err.value.reason
+
+
+def test_a_missing_cifar10_batch_says_where_to_put_the_files(cifar10_root, cache):
+    root, _ = cifar10_root
+    folder = root / "cifar10" / cifar_batches.FOLDER
+    (folder / "data_batch_4").unlink()
+    with pytest.raises(DataError) as err:
+        load("cifar10", root, cache, download=False)
+    assert err.value.field == "dataset"
+    assert f"{folder.resolve() / 'data_batch_4'}: missing" in err.value.reason
+    assert "Put the python batches" in err.value.reason and "image folder" in err.value.reason
+
+
+class _Shell:
+    """Unpickles as a shell command: what a malicious batch would carry."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_a_cifar10_batch_naming_another_global_is_refused_unexecuted(cifar10_root, cache, tmp_path, protocol):
+    root, written = cifar10_root
+    marker = tmp_path / "executed"
+    payload = pickle.dumps({"data": _Shell(f"touch {marker}"), "labels": written["test_batch"][1]}, protocol=protocol)
+    pickle.loads(payload)  # the payload is live: a plain unpickler runs it
+    assert marker.exists()
+    marker.unlink()
+    folder = root / "cifar10" / cifar_batches.FOLDER
+    (folder / "test_batch").write_bytes(payload)
+
+    with pytest.raises(DataError) as err:
+        load("cifar10", root, cache, download=False)
+    assert not marker.exists()
+    assert err.value.field == "dataset"
+    assert str(folder.resolve() / "test_batch") in err.value.reason
+    assert f"refers to {os.system.__module__}.system" in err.value.reason and "not loaded" in err.value.reason
+
+
+def test_the_cifar_batch_unpickler_resolves_only_numpys_array_globals():
+    assert set(cifar_batches._ALLOWED_GLOBALS) == {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+    for module, name in [("builtins", "eval"), ("numpy", "load"), ("numpy.core.multiarray", "scalar")]:
+        raw = pickle.GLOBAL + f"{module}\n{name}\n".encode() + pickle.STOP
+        with pytest.raises(cifar_batches.ForbiddenGlobalError, match=f"{module}.{name}"):
+            cifar_batches._BatchUnpickler(io.BytesIO(raw)).load()
+
+
 # -- settings and errors --------------------------------------------------------------------------------
 def test_data_root_and_cache_dir_come_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("NAS_DATA_ROOT", str(tmp_path / "d"))
@@ -452,3 +704,40 @@ def test_a_data_error_reads_field_colon_reason_and_survives_pickling():
     assert str(err) == "val_size: too big"
     copy = pickle.loads(pickle.dumps(err))
     assert (copy.field, copy.reason) == ("val_size", "too big")
+
+
+# -- peek_dataset: a data set's shape without decoding it --------------------------------------------
+def test_peek_gives_the_builtin_shapes_and_an_asked_image_size():
+    assert data.peek_dataset("digits") == data.DatasetShape(10, 1, 8)
+    assert data.peek_dataset("cifar10", image_size=64) == data.DatasetShape(10, 3, 64)
+
+
+def test_peek_counts_a_folders_classes_and_reads_one_images_size(tmp_path):
+    from PIL import Image
+
+    for i, name in enumerate(["cat", "dog", "owl"]):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        Image.new("RGB", (30, 20 + i)).save(tmp_path / "pets" / name / "a.png")
+    (tmp_path / "pets" / ".hidden").mkdir()
+    assert data.peek_dataset("pets", data_root=tmp_path) == data.DatasetShape(3, 3, 20)  # the first image's height
+    assert data.peek_dataset("pets", data_root=tmp_path, image_size=24).image_size == 24
+
+
+@pytest.mark.parametrize(
+    "layout, name, reason",
+    [
+        ({}, "../elsewhere", "outside the data root"),
+        ({}, "nothing-here", "not a folder"),
+        ({"empty": []}, "empty", "no class subfolders"),
+        ({"set/cat": ["notes.txt"]}, "set", "has no images"),
+        ({"set/cat": ["broken.png"]}, "set", "cannot read the image"),
+    ],
+)
+def test_peek_refuses_what_load_dataset_would_naming_the_field(tmp_path, layout, name, reason):
+    for folder, files in layout.items():
+        (tmp_path / folder).mkdir(parents=True)
+        for file in files:
+            (tmp_path / folder / file).write_text("not an image")
+    with pytest.raises(DataError, match=reason) as err:
+        data.peek_dataset(name, data_root=tmp_path)
+    assert err.value.field == "dataset"

@@ -66,13 +66,53 @@ def test_a_member_queues_a_training_job_at_scale(client, personas, arch):
 
 def test_the_train_form_starts_at_the_papers_scale_on_the_searchs_data_set(client, personas, arch):
     client.force_login(personas.owner)
-    form = client.get(f"/architectures/{arch.id}").context["form"]
-    assert form["repeats"].value() == 6 and form["filters"].value() == 32 and form["dataset"].value() == "digits"
+    response = client.get(f"/architectures/{arch.id}")
+    form = response.context["form"]
+    # Blank numbers take the preset's, or without one the paper's CIFAR-10 model: shown as placeholders.
+    assert form["repeats"].value() is None and form["dataset"].value() == "digits"
+    body = response.content.decode()
+    assert 'placeholder="6"' in body and 'placeholder="32"' in body and 'placeholder="600"' in body
+    assert '<option value="cifar_final">' in body and '<option value="imagenet_mobile">' in body
+
+
+def test_blank_numbers_train_at_the_papers_scale(client, personas, arch):
+    client.force_login(personas.member)
+    response = client.post(f"/architectures/{arch.id}/train", {"name": "default", "dataset": "digits"})
+    assert response.status_code == 302
+    job = TrainingJob.objects.get()
+    assert (job.recipe["repeats"], job.recipe["filters"], job.recipe["epochs"], job.preset) == (6, 32, 600, "")
+
+
+def test_a_member_queues_a_preset_within_a_budget_and_the_job_page_shows_it(client, personas, arch):
+    client.force_login(personas.member)
+    data = {"name": "mobile", "preset": "cifar_final_cpu", "epochs": 3, "dataset": "digits", "max_params": "50k"}
+    response = client.post(f"/architectures/{arch.id}/train", data)
+    assert response.status_code == 302, response.context["form"].errors if response.context else response
+    job = TrainingJob.objects.get()
+    assert job.preset == "cifar_final_cpu" and job.recipe["epochs"] == 3 and job.recipe["cutout"] == 16
+    assert job.budget == {"max_params": 50000, "max_mult_adds": None, "repeats": 2}
+    body = client.get(f"/training-jobs/{job.id}").content.decode()
+    assert "cifar_final_cpu" in body and "≤ 50,000 params" in body and "N fixed at 2" in body
+    assert "fitted when a worker starts the job" in body
+    job.budget = {
+        **job.budget,
+        "fitted": {"repeats": 2, "filters": 5, "n_at_p": "2@120", "params": 41000, "mult_adds": 9},
+    }
+    job.save(update_fields=["budget"])
+    assert "fitted: 2@120 (F=5), 41,000 params" in client.get(f"/training-jobs/{job.id}").content.decode()
 
 
 @pytest.mark.parametrize(
     "overrides, field",
-    [({"dataset": "no-such-folder"}, "dataset"), ({"name": ""}, "name"), ({"epochs": 0}, "epochs")],
+    [
+        ({"dataset": "no-such-folder"}, "dataset"),
+        ({"name": ""}, "name"),
+        ({"epochs": 0}, "epochs"),
+        ({"preset": "cifar_huge"}, "preset"),
+        ({"max_params": "lots"}, "max_params"),
+        ({"filters": "", "max_mult_adds": "10"}, "max_mult_adds"),  # below the smallest network
+        ({"max_params": "1M"}, "filters"),  # a budget picks F: leave it blank
+    ],
 )
 def test_a_bad_train_request_names_the_field_and_writes_nothing(client, personas, arch, overrides, field):
     client.force_login(personas.owner)

@@ -133,6 +133,53 @@ def test_a_training_job_writes_its_bundle(db, settings, tmp_path):
     assert not (tmp_path / "checkpoints" / f"job-{job.id}.pt").exists()  # removed once the job ended
 
 
+def test_a_training_job_with_a_preset_and_a_budget_trains_the_fitted_network(db, settings, tmp_path):
+    """The worker fits N and F to the budget on the loaded data, records the fit on the row,
+    trains that network (within the budget) and writes it into the bundle's recipe."""
+    from django.contrib.auth.models import User
+
+    from nas_engine.cells import NASNET_A
+    from nas_engine.trainer import Recipe
+    from nas_engine.transfer import fit_to_budget
+    from webapp.accounts.models import ROLE_OWNER, Membership, Team
+    from webapp.searches import models as m
+    from webapp.searches.services import create_training_job
+    from workers import training_jobs
+
+    settings.NAS_ARTIFACTS_ROOT = tmp_path
+    team = Team.objects.create(name="alpha")
+    user = User.objects.create_user("owner", password="pw-owner-123")
+    Membership.objects.create(user=user, team=team, role=ROLE_OWNER)
+    job = create_training_job(
+        user=user,
+        team=team,
+        name="mobile-ish",
+        genotype=NASNET_A.to_dict(),
+        dataset={"name": "digits", "image_size": 16},
+        recipe={"epochs": 1},
+        preset="cifar_final_cpu",  # N = 2 fixed by the preset; the budget picks F
+        budget={"max_params": "40k"},
+    )
+    assert job.budget == {"max_params": 40000, "max_mult_adds": None, "repeats": 2}
+    training_jobs.run_training_job(job.id)
+    job.refresh_from_db()
+    assert job.status == m.RUN_SUCCEEDED, job.error
+    # The widest F at N = 2 within 40,000 parameters on 16 px, 1-channel, 10-class digits:
+    expected = fit_to_budget(
+        NASNET_A, kind="cifar", image_size=16, num_classes=10, in_channels=1, repeats=2, stem_multiplier=3.0,
+        max_params=40000,
+    )  # fmt: skip
+    fitted = job.budget["fitted"]
+    assert (fitted["repeats"], fitted["filters"]) == (expected[0], expected[1]) == (2, job.recipe["filters"])
+    assert fitted["n_at_p"] == f"2@{24 * expected[1]}" and fitted["params"] == expected[2].params <= 40000
+    assert job.params is not None and job.params >= fitted["params"]  # trained with its aux head on top
+    bundle_recipe = Recipe.from_dict(json.loads((tmp_path / job.bundle_path / "recipe.json").read_text()))
+    assert (bundle_recipe.repeats, bundle_recipe.filters, bundle_recipe.aux_weight) == (2, expected[1], 0.4)
+    # A requeued job keeps the recorded fit (its checkpoint matches) instead of fitting again.
+    again = training_jobs._fit_to_budget(job, NASNET_A, bundle_recipe, None)
+    assert again == bundle_recipe
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_lease_is_kept_while_a_slow_data_set_loads(settings):
     """lease_kept heartbeats from its own thread (its own connection: committed rows only)."""

@@ -6,7 +6,9 @@ lease is lost (a worker killed, a node gone) the reaper queues it again and the 
 continues after the last finished epoch instead of from zero; the row's
 `resumed_from_epoch` says where. The checkpoint is removed once the job has a final status.
 The job reports validation accuracy (its reward) and, where the data set has a test split,
-the test accuracy, scored once after the last epoch.
+the test accuracy, scored once after the last epoch. A job submitted with a size budget
+is fitted here, once the data set's real shape is known: the widest N and F within the
+budget (nas_engine.transfer.fit_recipe), recorded on the row before training starts.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from django.conf import settings
 from nas_engine.bundle import save_bundle
 from nas_engine.genotype import Genotype
 from nas_engine.trainer import Recipe, train_child
+from nas_engine.transfer import fit_recipe, penultimate_filters
 from webapp.live import events as live
 from webapp.searches import models as m
 from workers.leases import LeaseReporter, lease_kept, worker_id
@@ -42,6 +45,7 @@ def run_training_job(job_id: int) -> None:
         # and writing the bundle each report no progress and may outlast the lease.
         with lease_kept(job, label):
             data = dataset_for(job.dataset, recipe.seed)
+            recipe = _fit_to_budget(job, genotype, recipe, data)
             reporter = LeaseReporter(job, label, on_epochs=lambda epochs: _publish_job(job_id))
             checkpoint = checkpoint_path("job", job_id)
             result = train_child(
@@ -94,6 +98,31 @@ def run_training_job(job_id: int) -> None:
     else:
         log.warning("training job %s failed after %.1f s: %s", job_id, result.wall_time, result.error)
     _publish_job(job_id)
+
+
+def _fit_to_budget(job: m.TrainingJob, genotype: Genotype, recipe: Recipe, data) -> Recipe:
+    """With a budget, the recipe at the widest N and F within it on this data set (now that
+    its real shape is known), recorded on the row once: a resumed job keeps that fit, so
+    its checkpoint still matches. Without a budget, the recipe as submitted."""
+    budget = job.budget or {}
+    if not budget or budget.get("fitted"):
+        return recipe
+    limits = {key: budget[key] for key in ("max_params", "max_mult_adds") if budget.get(key) is not None}
+    fitted, counts = fit_recipe(genotype, recipe, data, limits, budget.get("repeats"))
+    n_at_p = f"{fitted.repeats}@{penultimate_filters(genotype, fitted.filters)}"
+    record = {
+        "repeats": fitted.repeats,
+        "filters": fitted.filters,
+        "n_at_p": n_at_p,
+        "params": counts.params,
+        "mult_adds": counts.mult_adds,
+    }
+    job.budget = {**budget, "fitted": record}
+    job.recipe = fitted.to_dict()
+    job.heartbeat(recipe=job.recipe, budget=job.budget)
+    log.info("training job %s: fitted to its budget at %s (F=%d)", job.id, n_at_p, fitted.filters)
+    _publish_job(job.id)
+    return fitted
 
 
 def _acc(value: float | None) -> str:

@@ -10,12 +10,12 @@ here, below both: imports go one way, cli -> commands -> options. The transfer g
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from nas_engine import transfer
 from nas_engine.cells import KNOWN_CELLS
 from nas_engine.data import DataError, DatasetSplit, load_dataset
 from nas_engine.genotype import Genotype, GenotypeError
@@ -211,19 +211,12 @@ def add_transfer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(preset_fallbacks=fallbacks, **dict.fromkeys(PRESET_OPTIONS))
 
 
-_SUFFIXES = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}
-
-
 def parse_count(text: str) -> int:
-    """'564M', '5.3m', '23.8B', '600e6', '3300000' -> a positive whole count."""
-    match = re.fullmatch(r"\s*([0-9.eE+-]+?)\s*([kKmMgGbB]?)\s*", text)
+    """'564M', '5.3m', '23.8B', '600e6', '3300000' -> a positive whole count (transfer.parse_count)."""
     try:
-        value = float(match.group(1)) * _SUFFIXES[match.group(2).lower()] if match else float("nan")
-    except ValueError:
-        value = float("nan")
-    if not value >= 1 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive count such as 600M, 5.3M or 600e6, got {text!r}")
-    return int(value)
+        return transfer.parse_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def apply_preset(args: argparse.Namespace) -> TransferPreset | None:

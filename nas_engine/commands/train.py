@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 
 from tqdm import tqdm
 
@@ -38,7 +37,7 @@ from nas_engine.commands.options import (
 from nas_engine.data import DatasetSplit
 from nas_engine.genotype import Genotype
 from nas_engine.trainer import EpochMetrics, Recipe, Reporter, train_child
-from nas_engine.transfer import TRANSFER_PRESETS, BudgetError, fit_to_budget, penultimate_filters
+from nas_engine.transfer import TRANSFER_PRESETS, BudgetError, fit_recipe, penultimate_filters
 
 
 class ProgressBar(Reporter):
@@ -162,21 +161,10 @@ def _fit(
     if show:
         print("fitting N and F to the budget...", file=sys.stderr)
     try:
-        n, f, _ = fit_to_budget(
-            genotype,
-            kind=recipe.macro,
-            image_size=data.image_size,
-            num_classes=data.num_classes,
-            in_channels=data.channels,
-            repeats=repeats,
-            stem_multiplier=recipe.stem_multiplier,
-            skip_reduction_input=recipe.skip_reduction_input,
-            **budget,
-        )
+        return fit_recipe(genotype, recipe, data, budget, repeats)[0]
     except BudgetError as exc:
         option = BUDGET_OPTIONS.get(exc.field)
         raise CliError(f"{option}: {exc.reason}" if option else str(exc)) from None
-    return replace(recipe, repeats=n, filters=f)
 
 
 def _list_presets(genotype: Genotype, *, as_json: bool) -> int:

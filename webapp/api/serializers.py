@@ -42,7 +42,19 @@ class TrainingJobCreate(serializers.Serializer):
         help_text="as in a search spec: a name or {name, subset_per_class, val_size, image_size, test_size, "
         "test_dataset}; val_size 0 trains on every training image (no validation accuracy, test only)"
     )
-    recipe = JsonObjectField(required=False, help_text="nas_engine.trainer.Recipe fields; defaults if omitted")
+    recipe = JsonObjectField(
+        required=False, help_text="nas_engine.trainer.Recipe fields; over the preset's recipe, else the defaults"
+    )
+    preset = serializers.CharField(
+        required=False,
+        help_text="a named final training (GET /api/transfer-presets): cifar_final, imagenet_mobile, ... Its recipe "
+        "is the base and its image size the data set's unless dataset.image_size is given",
+    )
+    budget = JsonObjectField(
+        required=False,
+        help_text="{max_params, max_mult_adds} (numbers or '564M'): the worker trains the widest N and F within it "
+        "(N fixed by recipe.repeats or the preset); give no recipe.filters. The fit is recorded as budget.fitted",
+    )
 
 
 class SelectionCreate(serializers.Serializer):

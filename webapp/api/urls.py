@@ -24,6 +24,7 @@ ROUTES = [
     ("training-jobs", v.TrainingJobList, "training-jobs"),
     ("training-jobs/<int:pk>", v.TrainingJobDetail, "training-job"),
     ("training-jobs/<int:pk>/bundle", v.TrainingJobBundle, "training-job-bundle"),
+    ("transfer-presets", v.TransferPresetList, "transfer-presets"),
 ]
 
 schema_view = SpectacularAPIView.as_view(renderer_classes=[OpenApiJsonRenderer2, OpenApiJsonRenderer])

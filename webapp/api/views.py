@@ -25,6 +25,8 @@ from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from nas_engine.cells import NASNET_A
+from nas_engine.transfer import TRANSFER_PRESETS
 from webapp.accounts.models import Team
 from webapp.api import serializers as s
 from webapp.searches import models as m
@@ -372,8 +374,17 @@ class TrainingJobList(ApiView):
             dataset=data["dataset"],
             recipe=data.get("recipe", {}),
             architecture=architecture,
+            preset=data.get("preset"),
+            budget=data.get("budget"),
         )
         return Response(job.to_dict(), status=201)
+
+
+class TransferPresetList(ApiView):
+    @extend_schema(operation_id="transfer_presets_list", responses={200: OBJ, 401: s.ERROR})
+    def get(self, request):
+        """The named final trainings a training job may start from (`preset`), with N@P for NASNet-A."""
+        return Response({name: preset.to_dict(NASNET_A) for name, preset in TRANSFER_PRESETS.items()})
 
 
 class TrainingJobDetail(ApiView):

@@ -161,6 +161,17 @@ def compare(request: HttpRequest) -> HttpResponse:
     return render(request, "front/compare.html", context)
 
 
+def budget_limits(budget: object) -> str:
+    """A job's size budget in words ("" without one): "≤ 3,300,000 params · ≤ 600,000,000 mult-adds"."""
+    if not isinstance(budget, dict):
+        return ""
+    names = {"max_params": "params", "max_mult_adds": "mult-adds"}
+    parts = [f"≤ {budget[key]:,} {word}" for key, word in names.items() if isinstance(budget.get(key), int)]
+    if parts and isinstance(budget.get("repeats"), int):
+        parts.append(f"N fixed at {budget['repeats']}")
+    return " · ".join(parts)
+
+
 @login_required
 def training_job(request: HttpRequest, job_id: int) -> HttpResponse:
     qs = TrainingJob.objects.for_user(request.user).select_related("team", "owner")
@@ -193,6 +204,8 @@ def training_job(request: HttpRequest, job_id: int) -> HttpResponse:
         "dataset": dataset,
         "dataset_extras": {k: v for k, v in dataset.items() if k != "name" and v is not None},
         "n_at_f": f"{recipe.get('repeats', '?')}@{recipe.get('filters', '?')}",
+        "budget_limits": budget_limits(job.budget),
+        "fitted": (job.budget or {}).get("fitted") if isinstance(job.budget, dict) else None,
         "epoch": epoch,
         "epochs": epochs,
         "columns": [c.replace("_", " ") for c in columns],

@@ -14,6 +14,7 @@ from django import forms
 from nas_engine.data import BUILTIN
 from nas_engine.spec import OBJECTIVES
 from nas_engine.strategies import STRATEGIES
+from nas_engine.transfer import TRANSFER_PRESETS
 from webapp.accounts.models import Team
 from webapp.front.presets import DEFAULT_PRESET, PRESET_CHOICES, SCALE_DEFAULTS, preset_spec
 
@@ -37,6 +38,9 @@ TRAIN_ERROR_FIELDS = {
     "recipe.repeats": "repeats",
     "recipe.filters": "filters",
     "recipe.epochs": "epochs",
+    "preset": "preset",
+    "budget.max_params": "max_params",
+    "budget.max_mult_adds": "max_mult_adds",
 }
 
 
@@ -115,14 +119,63 @@ class SearchForm(forms.Form):
             error_to_field(self, error, SEARCH_ERROR_FIELDS)
 
 
+_N, _F, _EPOCHS = SCALE_DEFAULTS["repeats"], SCALE_DEFAULTS["filters"], SCALE_DEFAULTS["epochs"]
+
+
 class TrainForm(forms.Form):
-    """Train an architecture at scale: a TrainingJob at a larger N/F on a chosen data set."""
+    """Train an architecture at scale: a TrainingJob from a named final training (a preset)
+    or the search's child recipe scaled, at a given N/F or the widest within a budget.
+    Blank numbers take the preset's (without one: N=6, F=32, 600 epochs); the service
+    judges the rest, and its errors come back on these fields."""
 
     name = forms.CharField(max_length=200)
-    repeats = forms.IntegerField(min_value=1, max_value=20, initial=SCALE_DEFAULTS["repeats"], label="N")
-    filters = forms.IntegerField(min_value=1, max_value=4096, initial=SCALE_DEFAULTS["filters"], label="F")
-    epochs = forms.IntegerField(min_value=1, max_value=5000, initial=SCALE_DEFAULTS["epochs"])
+    preset = forms.ChoiceField(
+        choices=[("", "the search's child recipe, scaled")]
+        + [(key, f"{key}: {p.description}") for key, p in TRANSFER_PRESETS.items()],
+        required=False,
+        label="Recipe",
+    )
+    repeats = forms.IntegerField(
+        min_value=1,
+        max_value=20,
+        required=False,
+        label="N",
+        help_text=f"blank: the preset's or {_N}",
+        widget=forms.NumberInput(attrs={"placeholder": _N}),
+    )
+    filters = forms.IntegerField(
+        min_value=1,
+        max_value=4096,
+        required=False,
+        label="F",
+        help_text=f"blank: the preset's or {_F}",
+        widget=forms.NumberInput(attrs={"placeholder": _F}),
+    )
+    epochs = forms.IntegerField(
+        min_value=1, max_value=5000, required=False, help_text=f"blank: the preset's or {_EPOCHS}",
+        widget=forms.NumberInput(attrs={"placeholder": _EPOCHS}),
+    )  # fmt: skip
     dataset = forms.CharField(max_length=200)
+    max_params = forms.CharField(
+        max_length=30, required=False, label="Max params", help_text="e.g. 3.3M: the widest F (and N) within it"
+    )
+    max_mult_adds = forms.CharField(
+        max_length=30, required=False, label="Max mult-adds", help_text="e.g. 600M (the paper's mobile setting)"
+    )
+
+    def promote_args(self) -> dict:
+        """Keyword arguments of front.presets.promote."""
+        d = self.cleaned_data
+        budget = {k: d[k].strip() for k in ("max_params", "max_mult_adds") if d.get(k) and d[k].strip()}
+        return {
+            "name": d["name"],
+            "dataset_name": d["dataset"],
+            "preset": d.get("preset") or None,
+            "budget": budget or None,
+            "repeats": d.get("repeats"),
+            "filters": d.get("filters"),
+            "epochs": d.get("epochs"),
+        }
 
     def add_service_error(self, error) -> None:
         error_to_field(self, error, TRAIN_ERROR_FIELDS)

@@ -112,26 +112,46 @@ def scale_recipe(child: dict | None, dataset_name: str, *, repeats: int, filters
     return recipe
 
 
-def promote(architecture, *, user, name: str | None = None, dataset_name: str | None = None, **scale) -> object:
+def promote(
+    architecture,
+    *,
+    user,
+    name: str | None = None,
+    dataset_name: str | None = None,
+    preset: str | None = None,
+    budget: dict | None = None,
+    **scale,
+) -> object:
     """Queue a TrainingJob for an architecture at scale (services.create_training_job).
 
     The data set defaults to the search's (with its subset and sizes); another name
-    trains on that data set whole. `scale` overrides SCALE_DEFAULTS (repeats, filters, epochs).
+    trains on that data set whole. `scale` (repeats, filters, epochs; None: not given)
+    overrides the preset's recipe, or without a preset SCALE_DEFAULTS over the search's
+    child recipe. With a `budget` the width is the budget's to pick, and N too unless given.
     """
     search = architecture.search
-    size = {**SCALE_DEFAULTS, **scale}
+    given = {key: value for key, value in scale.items() if value is not None}
     spec = search.parsed_spec
     dataset = dict(spec.dataset)
     if dataset_name and dataset_name != dataset.get("name"):
         dataset = {"name": dataset_name}
+    if preset:
+        recipe = dict(given)
+    else:
+        recipe = scale_recipe(spec.child.to_dict(), dataset["name"], **{**SCALE_DEFAULTS, **given})
+        if budget:
+            recipe = {key: value for key, value in recipe.items() if key not in ("repeats", "filters") or key in given}
     if not name:
-        name = f"{search.name} #{architecture.sample_index} at N={size['repeats']} F={size['filters']}"
+        size = preset or f"N={recipe.get('repeats', '?')} F={recipe.get('filters', '?')}"
+        name = f"{search.name} #{architecture.sample_index} at {size}"
     return services.create_training_job(
         user=user,
         team=search.team,
         name=name,
         genotype=architecture.genotype,
         dataset=dataset,
-        recipe=scale_recipe(spec.child.to_dict(), dataset["name"], **size),
+        recipe=recipe,
         architecture=architecture,
+        preset=preset,
+        budget=budget,
     )

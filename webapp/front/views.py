@@ -456,17 +456,8 @@ def architecture_train(request: HttpRequest, arch_id: int) -> HttpResponse:
     arch = _architecture(request, arch_id)
     form = TrainForm(request.POST)
     if form.is_valid():
-        d = form.cleaned_data
         try:
-            job = promote(
-                arch,
-                user=request.user,
-                name=d["name"],
-                dataset_name=d["dataset"],
-                repeats=d["repeats"],
-                filters=d["filters"],
-                epochs=d["epochs"],
-            )
+            job = promote(arch, user=request.user, **form.promote_args())
         except services.ServiceError as exc:
             form.add_service_error(exc)
         else:

@@ -208,14 +208,17 @@ class ChildRunAdmin(admin.ModelAdmin):
 
 @admin.register(TrainingJob)
 class TrainingJobAdmin(admin.ModelAdmin):
-    list_display = ["name", "team", "owner", "status", "reward", "params", "created_at", "finished_at"]
-    list_filter = ["status", "team", "created_at"]
+    list_display = [
+        "name", "team", "owner", "status", "preset", "reward", "test_acc", "params", "created_at", "finished_at"
+    ]  # fmt: skip
+    list_filter = ["status", "preset", "team", "created_at"]
     search_fields = ["name", "team__name", "owner__username"]
     list_select_related = ["team", "owner"]
     readonly_fields = [
-        "team", "owner", "architecture", "genotype", "dataset", "recipe", "status", "attempt", "worker",
-        "lease_expires_at", "heartbeat_at", "epochs", "reward", "params", "mult_adds", "wall_time",
-        "bundle_path", "error", "created_at", "started_at", "finished_at",
+        "team", "owner", "architecture", "genotype", "dataset", "recipe", "preset", "budget", "status", "attempt",
+        "worker", "lease_expires_at", "heartbeat_at", "dispatched_at", "epochs", "reward", "test_acc", "test_source",
+        "resumed_from_epoch", "params", "mult_adds", "wall_time", "bundle_path", "error", "created_at", "started_at",
+        "finished_at",
     ]  # fmt: skip
 
     def has_add_permission(self, request) -> bool:

@@ -393,6 +393,15 @@ class TrainingJob(LeasedWork):
     genotype = models.JSONField()
     dataset = models.JSONField(help_text="as in a search spec: name, subset_per_class, val_size, image_size")
     recipe = models.JSONField(help_text="nas_engine.trainer.Recipe, full form")
+    preset = models.CharField(
+        max_length=50, blank=True, help_text="the named recipe it started from (nas_engine.transfer.TRANSFER_PRESETS)"
+    )
+    budget = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="{max_params, max_mult_adds, repeats}: the worker fits N and F to it and records "
+        "{fitted: {repeats, filters, n_at_p, params, mult_adds}}; {} without a budget",
+    )
     epochs = models.JSONField(default=list, blank=True)
     reward = models.FloatField(null=True, blank=True, help_text="validation accuracy after the last epoch")
     test_acc = models.FloatField(
@@ -425,6 +434,8 @@ class TrainingJob(LeasedWork):
             "genotype": self.genotype,
             "dataset": self.dataset,
             "recipe": self.recipe,
+            "preset": self.preset or None,
+            "budget": self.budget or None,
             "status": self.status,
             "attempt": self.attempt,
             "epochs": self.epochs,

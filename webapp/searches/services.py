@@ -14,7 +14,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from nas_engine.data import DataError, DatasetShape, peek_dataset
 from nas_engine.genotype import Genotype, GenotypeError
+from nas_engine.network import NetworkError
 from nas_engine.selection import (
     DEFAULT_SEEDS,
     Candidate,
@@ -29,6 +31,7 @@ from nas_engine.selection import (
 from nas_engine.selection import top_k as top_k_of
 from nas_engine.spec import Limits, SpecError, validate_dataset, validate_spec
 from nas_engine.trainer import Recipe, RecipeError
+from nas_engine.transfer import TRANSFER_PRESETS, BudgetError, TransferPreset, check_recipe_budget, parse_count
 from webapp import dispatch
 from webapp.accounts.models import Team
 from webapp.live import events as live
@@ -137,9 +140,26 @@ def requeue_failed_runs(search: m.Search) -> int:
 
 
 def create_training_job(
-    *, user, team: Team, name: str, genotype: object, dataset: object, recipe: object, architecture=None
+    *,
+    user,
+    team: Team,
+    name: str,
+    genotype: object,
+    dataset: object,
+    recipe: object,
+    architecture=None,
+    preset: object = None,
+    budget: object = None,
 ) -> m.TrainingJob:
-    """Validate a transfer-step job (genotype, data set, recipe) and queue it on commit."""
+    """Validate a transfer-step job and queue it on commit.
+
+    `preset` names a final training (nas_engine.transfer.TRANSFER_PRESETS): its recipe is
+    the base that `recipe`'s fields override, and its image size the data set's unless
+    `dataset.image_size` is given (as `train --preset` does). `budget` ({max_params,
+    max_mult_adds}: numbers or "564M"-style strings) lets the worker pick N and F: the
+    widest network within it, N fixed by `recipe.repeats` or the preset's. An invalid or
+    unreachable budget is refused here (one count of the smallest network); the fit itself
+    (a few seconds to half a minute of counting) runs on the worker."""
     check_member(user, team)
     name = (name or "").strip()
     if not name:
@@ -148,17 +168,25 @@ def create_training_job(
         parsed = Genotype.from_dict(genotype)
     except GenotypeError as exc:
         raise ServiceError(f"genotype.{exc.field}" if exc.field else "genotype", exc.reason) from None
+    if not isinstance(recipe, dict):
+        raise ServiceError("recipe", "must be an object")
+    chosen = _transfer_preset(preset)
+    if chosen is not None:
+        dataset = {"name": dataset} if isinstance(dataset, str) else dataset
+        if isinstance(dataset, dict) and dataset.get("image_size") is None:
+            dataset = {**dataset, "image_size": chosen.image_size}
     try:
         # A final training may use every training image (val_size 0): no reward needed.
         dataset = validate_dataset(dataset, settings.NAS_DATA_ROOT, needs_validation=False)
     except SpecError as exc:
         raise ServiceError(exc.field, exc.reason) from None
-    if not isinstance(recipe, dict):
-        raise ServiceError("recipe", "must be an object")
     try:
-        parsed_recipe = Recipe.from_dict(recipe)
+        parsed_recipe = Recipe.from_dict({**(chosen.recipe.to_dict() if chosen else {}), **recipe})
     except RecipeError as exc:
         raise ServiceError(f"recipe.{exc.field}", exc.reason) from None
+    shape = _network_fits_data(parsed_recipe, dataset)
+    fixed_n = recipe.get("repeats", chosen.recipe.repeats if chosen else None)
+    budget = _transfer_budget(budget, parsed, parsed_recipe, shape, fixed_n, width_given="filters" in recipe)
     with transaction.atomic():
         job = m.TrainingJob.objects.create(
             team=team,
@@ -168,19 +196,76 @@ def create_training_job(
             genotype=parsed.to_dict(),
             dataset=dataset,
             recipe=parsed_recipe.to_dict(),
+            preset=preset or "",
+            budget=budget,
             dispatched_at=timezone.now(),
         )
         dispatch.send_on_commit(dispatch.TASK_TRAIN_JOB, job.id)
     log.info(
-        "training job %s submitted by %s for team %s: %r on %s, %d epochs",
+        "training job %s submitted by %s for team %s: %r on %s, %d epochs%s",
         job.id,
         user,
         team,
         job.name,
         dataset["name"],
         parsed_recipe.epochs,
+        f", preset {preset}" if preset else "",
     )
     return job
+
+
+def _transfer_preset(name: object) -> TransferPreset | None:
+    if name is None or name == "":
+        return None
+    if not isinstance(name, str) or name not in TRANSFER_PRESETS:
+        raise ServiceError("preset", f"unknown preset {name!r}; known presets: {', '.join(TRANSFER_PRESETS)}")
+    return TRANSFER_PRESETS[name]
+
+
+def _network_fits_data(recipe: Recipe, dataset: dict) -> DatasetShape:
+    """The data set's shape, after checking that the recipe's network can be built on it
+    (an ImageNet stem needs 32 px or more): a refusal now, not a failed job later."""
+    try:
+        shape = peek_dataset(dataset["name"], data_root=settings.NAS_DATA_ROOT, image_size=dataset.get("image_size"))
+        recipe.macro_config(shape)
+    except DataError as exc:
+        raise ServiceError("dataset" if exc.field == "dataset" else f"dataset.{exc.field}", exc.reason) from None
+    except NetworkError as exc:
+        where = {"image_size": "dataset.image_size", "num_classes": "dataset", "in_channels": "dataset"}
+        raise ServiceError(where.get(exc.field, f"recipe.{exc.field}"), exc.reason) from None
+    return shape
+
+
+BUDGET_FIELDS = ("max_params", "max_mult_adds")
+
+
+def _transfer_budget(
+    budget: object, genotype: Genotype, recipe: Recipe, shape: DatasetShape, fixed_n: int | None, *, width_given: bool
+) -> dict:
+    """The budget as stored ({} without one), after refusing what no worker could fit."""
+    if budget is None or budget == {}:
+        return {}
+    if not isinstance(budget, dict):
+        raise ServiceError("budget", "must be an object: {max_params, max_mult_adds} (one or both)")
+    unknown = sorted(set(budget) - set(BUDGET_FIELDS))
+    if unknown:
+        raise ServiceError(f"budget.{unknown[0]}", f"unknown field; known: {', '.join(BUDGET_FIELDS)}")
+    given = {k: v for k, v in budget.items() if v is not None}
+    if not given:
+        raise ServiceError("budget", "give max_params, max_mult_adds or both")
+    counts = {}
+    for key, value in given.items():
+        try:
+            counts[key] = parse_count(value)
+        except ValueError as exc:
+            raise ServiceError(f"budget.{key}", str(exc)) from None
+    if width_given:
+        raise ServiceError("recipe.filters", "a budget picks the width F; leave filters out (repeats may fix N)")
+    try:
+        check_recipe_budget(genotype, recipe, shape, counts, fixed_n)
+    except BudgetError as exc:
+        raise ServiceError(f"budget.{exc.field}", exc.reason) from None
+    return {**dict.fromkeys(BUDGET_FIELDS), **counts, "repeats": fixed_n}
 
 
 # -- selections: the top-K stage and noise floors ------------------------------------------------

@@ -52,6 +52,15 @@
       resumed.hidden = !(j.resumed_from_epoch > 0);
       setText("job-resumed-epoch", String(j.resumed_from_epoch + 1));
     }
+    if (j.recipe && typeof j.recipe === "object") {
+      setText("job-n-at-f", (num(j.recipe.repeats) === null ? "?" : j.recipe.repeats) + "@" +
+        (num(j.recipe.filters) === null ? "?" : j.recipe.filters));
+    }
+    var fitted = j.budget && typeof j.budget === "object" ? j.budget.fitted : null;
+    if (fitted && typeof fitted === "object") {
+      setText("job-budget-fitted", "fitted: " + String(fitted.n_at_p) + " (F=" + String(fitted.filters) + "), " +
+        count(fitted.params) + " params, " + count(fitted.mult_adds) + " mult-adds");
+    }
     setText("job-params", count(j.params));
     setText("job-mult-adds", count(j.mult_adds));
     setText("job-wall-time", num(j.wall_time) === null ? "–" : j.wall_time.toFixed(1) + " s");
