@@ -257,15 +257,17 @@ class DatasetShape:
     num_classes: int
     channels: int
     image_size: int
+    images: int  # in the whole set, before any test, validation or subset split
 
 
-_BUILTIN_SHAPES = {"digits": DatasetShape(10, 1, 8), "cifar10": DatasetShape(10, 3, 32)}
+_BUILTIN_SHAPES = {"digits": DatasetShape(10, 1, 8, 1797), "cifar10": DatasetShape(10, 3, 32, 50_000)}
 
 
 def peek_dataset(name: str, *, data_root: str | Path | None = None, image_size: int | None = None) -> DatasetShape:
-    """Classes, channels and image size of a data set, cheaply: a web request sizing a
-    network for a budget cannot decode 50,000 images. A folder's classes are its
-    subfolders and its size the first image's height (`image_size`, when given, wins)."""
+    """Classes, channels, image size and image count of a data set, cheaply: a web request
+    sizing a network cannot decode 50,000 images. A folder's classes are its subfolders,
+    its size the first image's height (`image_size`, when given, wins), its count the
+    image files listed (not opened)."""
     _check_positive_int("image_size", image_size)
     if name in _BUILTIN_SHAPES:
         shape = _BUILTIN_SHAPES[name]
@@ -279,7 +281,13 @@ def peek_dataset(name: str, *, data_root: str | Path | None = None, image_size: 
         raise DataError("dataset", f"{name!r} has no class subfolders; lay it out as <class>/<image>")
     if image_size is None:
         image_size = _first_image_height(class_dirs[0])
-    return DatasetShape(len(class_dirs), 3, image_size)
+    images = sum(
+        1
+        for class_dir in class_dirs
+        for e in os.scandir(class_dir)
+        if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS
+    )
+    return DatasetShape(len(class_dirs), 3, image_size, images)
 
 
 def _first_image_height(class_dir: str) -> int:

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 
 from nas_engine.errors import FieldError
-from nas_engine.space import CELL_TYPES, COMBINES, NUM_CELL_INPUTS, OPS, SearchSpace
+from nas_engine.space import CELL_TYPES, COMBINES, MAX_BLOCKS, NUM_CELL_INPUTS, OPS, SearchSpace
 
 # Above this many candidate block orders the canonical form gives up on exactness for
 # ties (never reached for B <= 7: ties are groups of identical blocks).
@@ -179,6 +179,8 @@ def _parse_cell(data: object, path: str, space: SearchSpace | None) -> Cell:
     raw_blocks = data.get("blocks")
     if not isinstance(raw_blocks, list) or not raw_blocks:
         raise GenotypeError(f"{path}.blocks", "must be a non-empty list of blocks")
+    if len(raw_blocks) > MAX_BLOCKS:  # a 10,000-block cell took minutes to build, with no heartbeat
+        raise GenotypeError(f"{path}.blocks", f"at most {MAX_BLOCKS} blocks per cell, got {len(raw_blocks)}")
     if space is not None and len(raw_blocks) != space.num_blocks:
         raise GenotypeError(f"{path}.blocks", f"expected {space.num_blocks} blocks, got {len(raw_blocks)}")
     ops = space.ops if space else OPS

@@ -44,6 +44,8 @@ CELL_TYPES: tuple[str, ...] = ("normal", "reduce")
 DECISIONS_PER_BLOCK: tuple[str, ...] = ("input_a", "input_b", "op_a", "op_b", "combine")
 
 NUM_CELL_INPUTS = 2
+# Blocks per cell: the paper's B is 5; past 10 a cell's network only grows slow to build.
+MAX_BLOCKS = 10
 
 
 class SpaceError(ValueError):
@@ -71,8 +73,8 @@ class SearchSpace:
             raise SpaceError("space.ops: an op is listed twice")
         if not isinstance(self.num_blocks, int) or isinstance(self.num_blocks, bool):
             raise SpaceError("space.num_blocks: must be an integer")
-        if not 1 <= self.num_blocks <= 10:
-            raise SpaceError(f"space.num_blocks: must be between 1 and 10, got {self.num_blocks}")
+        if not 1 <= self.num_blocks <= MAX_BLOCKS:
+            raise SpaceError(f"space.num_blocks: must be between 1 and {MAX_BLOCKS}, got {self.num_blocks}")
         if not self.combines:
             raise SpaceError("space.combines: no combine method left")
         for name in self.combines:

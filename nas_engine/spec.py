@@ -28,8 +28,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nas_engine.cells import NASNET_A
 from nas_engine.data import BUILTIN, DataError, resolve_under_root
 from nas_engine.errors import FieldError
+from nas_engine.limits import LimitError, Limits, check_training
 from nas_engine.selection import (
     NOISE_FLOOR_CHILDREN,
     NOISE_FLOOR_SEEDS,
@@ -47,18 +49,12 @@ OBJECTIVES = ("accuracy", "synthetic")
 # digits, for 1.2x the time: bench/digits_signal.py.
 DEFAULT_CHILD = {"repeats": 1, "filters": 8, "epochs": 3, "lr": 0.05, "batch_size": 32}
 DATASET_FIELDS = ("name", "subset_per_class", "val_size", "image_size", "test_size", "test_dataset")
+# Image counts (subset, validation and test sizes) beyond any data set there is.
+MAX_COUNT = 10_000_000
 
 
 class SpecError(FieldError):
     """A search spec is invalid; `field` is the dotted path inside the spec."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one search may ask for (per-deployment quotas)."""
-
-    max_children: int = 20000
-    max_parallel: int = 64
 
 
 @dataclass(frozen=True)
@@ -128,7 +124,9 @@ def _number(value: object, path: str, low: float, high: float | None = None) -> 
     return float(value)
 
 
-def validate_dataset(data: object, data_root: Path, *, needs_validation: bool = True) -> dict:
+def validate_dataset(
+    data: object, data_root: Path, *, needs_validation: bool = True, limits: Limits | None = None
+) -> dict:
     """The `dataset` part of a spec (or of a training job), full form. A search needs a
     validation split (its rewards); a final training may use every training image."""
     d = _obj(data, "dataset")
@@ -137,9 +135,11 @@ def validate_dataset(data: object, data_root: Path, *, needs_validation: bool = 
     out = dict.fromkeys(DATASET_FIELDS)
     out["name"] = name
     if d.get("subset_per_class") is not None:
-        out["subset_per_class"] = _int(d["subset_per_class"], "dataset.subset_per_class", 1)
+        out["subset_per_class"] = _int(d["subset_per_class"], "dataset.subset_per_class", 1, MAX_COUNT)
     if d.get("image_size") is not None:
-        out["image_size"] = _int(d["image_size"], "dataset.image_size", 8, 512)
+        out["image_size"] = _int(d["image_size"], "dataset.image_size", 8)
+        if limits is not None:
+            _admit(lambda: limits.check("max_image_size", out["image_size"], "dataset.image_size"))
     out["val_size"] = _held_out(d.get("val_size"), "dataset.val_size")
     if needs_validation and out["val_size"] == 0:
         raise SpecError("dataset.val_size", "a search needs a validation split: its rewards are validation accuracy")
@@ -157,7 +157,7 @@ def _held_out(value: object, path: str) -> int | float | None:
         return None
     if isinstance(value, float) and 0 < value < 1:
         return value
-    return _int(value, path, 0)
+    return _int(value, path, 0, MAX_COUNT)
 
 
 def _folder_name(name: object, path: str, data_root: Path, *, builtin_ok: bool) -> str:
@@ -200,8 +200,11 @@ def _objective(data: object) -> dict:
 
 
 def validate_spec(data: object, *, data_root: Path, limits: Limits | None = None) -> SearchSpec:
-    """Parse and check a whole spec; raise SpecError naming the first bad field."""
-    limits = limits or Limits()
+    """Parse and check a whole spec; raise SpecError naming the first bad field.
+
+    `limits`: a deployment's bounds (nas_engine.limits), checked with everything they
+    imply (the child's network built on the data set, its estimated cost) before anything
+    runs. None: a spec that passed them already (a stored one): no bounds, no counting."""
     if not isinstance(data, dict):
         raise SpecError("spec", "must be a JSON object")
     allowed = {
@@ -217,7 +220,7 @@ def validate_spec(data: object, *, data_root: Path, limits: Limits | None = None
         "noise_floor",
     }
     _unknown(data, allowed, "")
-    dataset = validate_dataset(data.get("dataset", "digits"), Path(data_root))
+    dataset = validate_dataset(data.get("dataset", "digits"), Path(data_root), limits=limits)
     objective = _objective(data.get("objective", "accuracy"))
     try:
         space = SearchSpace.from_dict(data.get("space"))
@@ -231,8 +234,8 @@ def validate_spec(data: object, *, data_root: Path, limits: Limits | None = None
         raise SpecError(f"child.{exc.field}", exc.reason) from None
     budget = _obj(data.get("budget", {}), "budget", shorthand_key=None)
     _unknown(budget, {"children", "parallel"}, "budget")
-    children = _int(budget.get("children", 20), "budget.children", 1, limits.max_children)
-    parallel = _int(budget.get("parallel", 1), "budget.parallel", 1, limits.max_parallel)
+    children = _int(budget.get("children", 20), "budget.children", 1, limits and limits.max_children)
+    parallel = _int(budget.get("parallel", 1), "budget.parallel", 1, limits and limits.max_parallel)
     seed = _int(data.get("seed", 0), "seed", 0, 2**31 - 1)
     reuse = data.get("reuse_duplicates", True)
     if not isinstance(reuse, bool):
@@ -266,8 +269,34 @@ def validate_spec(data: object, *, data_root: Path, limits: Limits | None = None
         selection=selection,
         noise_floor=noise_floor,
     )
+    if limits is not None:
+        _admit_search(spec, limits, Path(data_root))
     try:  # builds the strategy once: unknown names and bad settings are caught here
         built = spec.make_strategy()
     except StrategyError as exc:
         raise SpecError(exc.field, exc.reason) from None
     return SearchSpec(**{**spec.__dict__, "strategy_settings": dict(built.settings)})
+
+
+def _admit_search(spec: SearchSpec, limits: Limits, data_root: Path) -> None:
+    """A deployment's limits on what the search will make the workers do: the controller's
+    size (checked before the strategy is built: a 4,096-wide LSTM takes seconds and a
+    gigabyte), and, for trained children, the child recipe and its estimated cost."""
+    hidden = spec.strategy_settings.get("hidden_size")
+    if isinstance(hidden, int | float) and not isinstance(hidden, bool):
+        _admit(lambda: limits.check("max_controller_hidden", hidden, "strategy.settings.hidden_size"))
+    if spec.objective["name"] == "accuracy":
+        _admit(
+            lambda: check_training(
+                NASNET_A, spec.child, spec.dataset, data_root, limits, prefix="child", cost_limit="max_child_cost"
+            )
+        )
+    else:
+        _admit(lambda: limits.check_recipe(spec.child, "child"))
+
+
+def _admit(check) -> None:
+    try:
+        check()
+    except LimitError as exc:
+        raise SpecError(exc.field, exc.reason) from None

@@ -99,11 +99,20 @@ class Recipe:
             ("drop_path_keep", 0 < self.drop_path_keep <= 1, "must be in (0, 1]"),
             ("aux_weight", self.aux_weight >= 0, "must be >= 0"),
             ("grad_clip", self.grad_clip >= 0, "must be >= 0"),
-            ("cutout", isinstance(self.cutout, int) and self.cutout >= 0, "must be an integer >= 0"),
-            ("crop_padding", self.crop_padding is None or self.crop_padding >= 0, "must be an integer >= 0 or null"),
+            # Pixels; past an image size of 512 (nas_engine.limits) they only cost memory.
+            ("cutout", isinstance(self.cutout, int) and 0 <= self.cutout <= 1024, "must be an integer in [0, 1024]"),
+            (
+                "crop_padding",
+                self.crop_padding is None or 0 <= self.crop_padding <= 1024,
+                "must be an integer in [0, 1024] or null",
+            ),
             ("dropout", 0 <= self.dropout < 1, "must be in [0, 1)"),
             ("stem_multiplier", self.stem_multiplier > 0, "must be > 0"),
-            ("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool), "must be an integer"),
+            (
+                "seed",
+                isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**32,
+                "must be an integer in [0, 2**32)",
+            ),
         ]:
             if not ok:
                 raise RecipeError(name, f"{reason}, got {getattr(self, name)!r}")

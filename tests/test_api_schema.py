@@ -25,6 +25,7 @@ OPERATIONS = {
     "/api/architectures/{id}/genotype": {"get"},
     "/api/training-jobs": {"get", "post"},
     "/api/training-jobs/{id}": {"get"},
+    "/api/training-jobs/{id}/cancel": {"post"},
     "/api/training-jobs/{id}/bundle": {"get"},
     "/api/transfer-presets": {"get"},
 }

@@ -708,8 +708,8 @@ def test_a_data_error_reads_field_colon_reason_and_survives_pickling():
 
 # -- peek_dataset: a data set's shape without decoding it --------------------------------------------
 def test_peek_gives_the_builtin_shapes_and_an_asked_image_size():
-    assert data.peek_dataset("digits") == data.DatasetShape(10, 1, 8)
-    assert data.peek_dataset("cifar10", image_size=64) == data.DatasetShape(10, 3, 64)
+    assert data.peek_dataset("digits") == data.DatasetShape(10, 1, 8, 1797)
+    assert data.peek_dataset("cifar10", image_size=64) == data.DatasetShape(10, 3, 64, 50_000)
 
 
 def test_peek_counts_a_folders_classes_and_reads_one_images_size(tmp_path):
@@ -719,7 +719,10 @@ def test_peek_counts_a_folders_classes_and_reads_one_images_size(tmp_path):
         (tmp_path / "pets" / name).mkdir(parents=True)
         Image.new("RGB", (30, 20 + i)).save(tmp_path / "pets" / name / "a.png")
     (tmp_path / "pets" / ".hidden").mkdir()
-    assert data.peek_dataset("pets", data_root=tmp_path) == data.DatasetShape(3, 3, 20)  # the first image's height
+    (tmp_path / "pets" / "owl" / "b.png").write_bytes((tmp_path / "pets" / "owl" / "a.png").read_bytes())
+    (tmp_path / "pets" / "owl" / "notes.txt").write_text("not counted")
+    # Three classes, the first image's height, four image files.
+    assert data.peek_dataset("pets", data_root=tmp_path) == data.DatasetShape(3, 3, 20, 4)
     assert data.peek_dataset("pets", data_root=tmp_path, image_size=24).image_size == 24
 
 

@@ -104,6 +104,12 @@ def test_an_outsider_cannot_submit_to_another_team(client, personas):
         ({"spec_json": "{not json"}, "spec_json"),
         ({"spec_json": json.dumps({"child": {"epochs": 0}})}, "spec_json"),
         ({"spec_json": json.dumps({"budget": {"children": -1}})}, "spec_json"),
+        # issue #12: what PostgreSQL's JSON column cannot store, and nesting json.loads cannot read
+        ({"spec_json": '{"child": {"weight_decay": 1e400}}'}, "spec_json"),
+        ({"spec_json": '{"strategy": {"name": "ppo", "settings": {"lr": NaN}}}'}, "spec_json"),
+        ({"spec_json": '{"objective": {"name": "synthetic", "noise": [-Infinity]}}'}, "spec_json"),
+        ({"spec_json": "[" * 50000 + "]" * 50000}, "spec_json"),
+        ({"spec_json": '{"child": ' * 50000 + "1" + "}" * 50000}, "spec_json"),
     ],
 )
 def test_a_bad_value_is_reported_on_its_field_and_nothing_is_written(client, personas, overrides, field):
@@ -120,6 +126,30 @@ def test_an_error_in_the_spec_json_names_the_path_of_the_bad_field(client, perso
     response = client.post(URL, form_data(personas.alpha, spec_json=json.dumps({"child": {"epochs": "many"}})))
     errors = response.context["form"].errors["spec_json"]
     assert "spec.child.epochs" in errors[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ('{"child": {"weight_decay": 1e400}}', "spec.child.weight_decay"),
+        ('{"seed": 1, "child": {"x": [1, NaN]}}', "spec.child.x[1]"),
+        ("Infinity", "spec"),
+    ],
+)
+def test_a_non_finite_number_in_the_spec_json_is_refused_by_its_path(client, personas, text, path):
+    client.force_login(personas.owner)
+    response = client.post(URL, form_data(personas.alpha, spec_json=text))
+    assert response.status_code == 400
+    assert response.context["form"].errors["spec_json"] == [f"{path}: must be a finite number"]
+    assert not Search.objects.exists()
+
+
+def test_the_spec_json_nested_too_deeply_is_a_form_error_not_a_500(client, personas):
+    client.force_login(personas.owner)
+    response = client.post(URL, form_data(personas.alpha, spec_json="[" * 50000 + "]" * 50000))
+    assert response.status_code == 400
+    assert "nested too deeply" in response.context["form"].errors["spec_json"][0]
+    assert not Search.objects.exists()
 
 
 def test_the_quota_is_reported_on_the_team_field(client, personas, settings):

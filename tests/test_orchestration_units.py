@@ -206,3 +206,50 @@ def test_the_lease_is_kept_while_a_slow_data_set_loads(settings):
     assert run.lease_expires_at > first_expiry + timedelta(seconds=1)
     assert run.lease_expires_at > timezone.now()  # still ours
     assert reaper.reap()["requeued"] == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_running_training_job_stops_when_cancelled_and_drops_its_checkpoint(settings, tmp_path):
+    """A real training in a worker thread; the cancel comes from the service, as from the
+    API, the page or the admin. The worker notices at its next heartbeat (the row is no
+    longer its), stops mid-training and removes the checkpoint nobody will resume."""
+    import threading
+    import time
+
+    from django.contrib.auth.models import User
+    from django.db import connection
+
+    from webapp.accounts.models import ROLE_OWNER, Membership, Team
+    from webapp.searches import models as m
+    from webapp.searches.services import cancel_training_job, create_training_job
+    from workers import training_jobs
+    from workers.resources import checkpoint_path
+
+    settings.NAS_ARTIFACTS_ROOT = tmp_path
+    settings.NAS_LEASE_SECONDS = 1.5  # a heartbeat every 0.5 s
+    team = Team.objects.create(name="alpha")
+    user = User.objects.create_user("owner", password="pw-owner-123")
+    Membership.objects.create(user=user, team=team, role=ROLE_OWNER)
+    genotype = make_strategy("random", SearchSpace(), seed=0).ask(1)[0].genotype.to_dict()
+    recipe = {"repeats": 1, "filters": 4, "epochs": 200}
+    job = create_training_job(user=user, team=team, name="long", genotype=genotype, dataset="digits", recipe=recipe)
+
+    def work():
+        try:
+            training_jobs.run_training_job(job.id)
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not m.TrainingJob.objects.get(pk=job.id).epochs:
+        time.sleep(0.2)
+    assert checkpoint_path("job", job.id).exists()  # written after the first epoch
+    cancel_training_job(job, by=user)
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    job.refresh_from_db()
+    assert job.status == m.RUN_CANCELLED and job.error == "cancelled by owner"
+    assert 0 < len(job.epochs) < 200 and not job.bundle_path
+    assert not checkpoint_path("job", job.id).exists()

@@ -153,6 +153,19 @@ NAS_MAX_PARALLEL_PER_SEARCH = env_int("NAS_MAX_PARALLEL_PER_SEARCH", 64, minimum
 NAS_MAX_ACTIVE_SELECTIONS_PER_TEAM = env_int("NAS_MAX_ACTIVE_SELECTIONS_PER_TEAM", 3, minimum=1)
 NAS_MAX_SELECTION_RUNS = env_int("NAS_MAX_SELECTION_RUNS", 1000, minimum=1)  # top_k x seeds
 NAS_MAX_SELECTION_SEEDS = env_int("NAS_MAX_SELECTION_SEEDS", 10, minimum=1)
+# What one search child or training job may ask of the shared workers (nas_engine/limits.py:
+# N, F, epochs, batch, image size, controller width, and the estimated cost, forward
+# mult-adds x training images x epochs, of one child and of one job).
+NAS_MAX_REPEATS = env_int("NAS_MAX_REPEATS", 12, minimum=1)
+NAS_MAX_FILTERS = env_int("NAS_MAX_FILTERS", 1024, minimum=2)
+NAS_MAX_EPOCHS = env_int("NAS_MAX_EPOCHS", 1000, minimum=1)
+NAS_MAX_BATCH_SIZE = env_int("NAS_MAX_BATCH_SIZE", 4096, minimum=1)
+NAS_MAX_IMAGE_SIZE = env_int("NAS_MAX_IMAGE_SIZE", 512, minimum=8)
+NAS_MAX_CONTROLLER_HIDDEN = env_int("NAS_MAX_CONTROLLER_HIDDEN", 512, minimum=1)
+NAS_MAX_CHILD_COST = env_float("NAS_MAX_CHILD_COST", 1e15, minimum=1.0)
+NAS_MAX_JOB_COST = env_float("NAS_MAX_JOB_COST", 1e19, minimum=1.0)
+# Training jobs of one team queued or running at once (the gpu queue is shared).
+NAS_MAX_ACTIVE_JOBS_PER_TEAM = env_int("NAS_MAX_ACTIVE_JOBS_PER_TEAM", 4, minimum=1)
 NAS_LEASE_SECONDS = env_float("NAS_LEASE_SECONDS", 120.0, minimum=1.0)
 NAS_MAX_ATTEMPTS = env_int("NAS_MAX_ATTEMPTS", 3, minimum=1)
 NAS_REAPER_INTERVAL_SECONDS = env_float("NAS_REAPER_INTERVAL_SECONDS", 30.0, minimum=1.0)

@@ -21,10 +21,12 @@ from django.conf import settings
 
 from nas_engine.bundle import save_bundle
 from nas_engine.genotype import Genotype
+from nas_engine.limits import check_cost
 from nas_engine.trainer import Recipe, train_child
 from nas_engine.transfer import fit_recipe, penultimate_filters
 from webapp.live import events as live
 from webapp.searches import models as m
+from webapp.searches import services
 from workers.leases import LeaseReporter, lease_kept, worker_id
 from workers.resources import checkpoint_path, dataset_for, device
 
@@ -59,7 +61,12 @@ def run_training_job(job_id: int) -> None:
                 checkpoint=checkpoint,
             )
             if reporter.lost:
-                return  # no longer ours: whoever claims it next resumes from the checkpoint
+                # No longer ours: whoever claims it next resumes from the checkpoint, unless
+                # it was cancelled, when nobody will.
+                if not m.TrainingJob.objects.filter(pk=job_id, status__in=m.RUN_ACTIVE).exists():
+                    checkpoint.unlink(missing_ok=True)
+                    log.info("training job %s stopped: %s", job_id, "cancelled")
+                return
             relative = Path("jobs") / str(job_id)
             if result.status == "ok":
                 save_bundle(Path(settings.NAS_ARTIFACTS_ROOT) / relative, genotype, recipe, data, result)
@@ -109,6 +116,11 @@ def _fit_to_budget(job: m.TrainingJob, genotype: Genotype, recipe: Recipe, data)
         return recipe
     limits = {key: budget[key] for key in ("max_params", "max_mult_adds") if budget.get(key) is not None}
     fitted, counts = fit_recipe(genotype, recipe, data, limits, budget.get("repeats"))
+    # The submission checked the recipe it was given; the budget chose the width since.
+    deployment = services.limits()
+    deployment.check_recipe(fitted, "recipe")
+    images = len(data.train_labels)
+    check_cost(deployment, "max_job_cost", counts.mult_adds * images * fitted.epochs, "recipe", fitted, images)
     n_at_p = f"{fitted.repeats}@{penultimate_filters(genotype, fitted.filters)}"
     record = {
         "repeats": fitted.repeats,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import path, re_path
 from drf_spectacular.renderers import OpenApiJsonRenderer, OpenApiJsonRenderer2
 from drf_spectacular.views import SpectacularAPIView
 
@@ -23,6 +23,7 @@ ROUTES = [
     ("architectures/<int:pk>/genotype", v.ArchitectureGenotype, "architecture-genotype"),
     ("training-jobs", v.TrainingJobList, "training-jobs"),
     ("training-jobs/<int:pk>", v.TrainingJobDetail, "training-job"),
+    ("training-jobs/<int:pk>/cancel", v.TrainingJobCancel, "training-job-cancel"),
     ("training-jobs/<int:pk>/bundle", v.TrainingJobBundle, "training-job-bundle"),
     ("transfer-presets", v.TransferPresetList, "transfer-presets"),
 ]
@@ -34,3 +35,6 @@ urlpatterns = [path("openapi.json", schema_view, name="openapi")]
 for route, view, name in ROUTES:
     # The slash variant is left out of the schema (schema=None), so each operation is documented once.
     urlpatterns += [path(route, view.as_view(), name=name), path(f"{route}/", view.as_view(schema=None))]
+# Last: whatever matched none of the above (`searches/abc`, `nope`) is a JSON 404, not
+# Django's HTML page (which DEBUG would also turn into its technical page).
+urlpatterns.append(re_path(r"", v.no_route))

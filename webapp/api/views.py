@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import zipfile
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db.models import F
-from django.http import FileResponse, Http404, HttpResponse
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions
@@ -58,6 +61,11 @@ def api_exception_handler(exc, context) -> Response | None:
         return error(exc.field, exc.reason, exc.status)
     if isinstance(exc, Http404):
         return error("id", "not found", 404)
+    if isinstance(exc, RequestDataTooBig):
+        # Raised by request.data (request.body) past DATA_UPLOAD_MAX_MEMORY_SIZE; left alone,
+        # Django answers it with its HTML 400 page.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return error("body", f"larger than the limit of {limit} bytes (DATA_UPLOAD_MAX_MEMORY_SIZE)", 413)
     if isinstance(exc, exceptions.ValidationError):
         field, reason = "body", exc.detail
         if isinstance(exc.detail, dict) and exc.detail:
@@ -76,8 +84,24 @@ def api_exception_handler(exc, context) -> Response | None:
     return None
 
 
+class StorableJSONParser(JSONParser):
+    """JSON that PostgreSQL's JSON column can store, refused by its dotted path otherwise.
+
+    Not strict: NaN and +-Infinity literals are read (as Python's json reads 1e400, inf) so
+    that `check_storable` names where they are, rather than a parse error on the "body".
+    The check runs here, on every body any view reads, not only those going via `json_body`.
+    """
+
+    strict = False
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        data = super().parse(stream, media_type, parser_context)
+        check_storable(data)
+        return data
+
+
 class ApiView(APIView):
-    parser_classes = [JSONParser]
+    parser_classes = [StorableJSONParser]
 
     def get_exception_handler(self):
         return api_exception_handler
@@ -95,17 +119,19 @@ def parse_id(value: object, field: str) -> int:
 
 def json_body(request) -> dict:
     try:
-        data = request.data  # raises ParseError on malformed JSON
+        # ParseError on malformed JSON, ServiceError on what cannot be stored (the parser's
+        # check_storable), RequestDataTooBig past the size limit (api_exception_handler).
+        data = request.data
     except RecursionError:
         raise ServiceError("body", "JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise ServiceError("body", "must be a JSON object")
-    check_storable(data)
     return data
 
 
 def check_storable(data: object) -> None:
-    """PostgreSQL stores no NUL character and no lone surrogate: refuse them up front, by path."""
+    """PostgreSQL stores no NUL character, no lone surrogate and no NaN or +-Infinity (Django
+    would write them as JSON it refuses, a 500): refuse them up front, by path."""
     stack = [("", data)]
     while stack:
         path, value = stack.pop()
@@ -119,6 +145,8 @@ def check_storable(data: object) -> None:
             stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
         elif isinstance(value, str) and not storable(value):
             raise ServiceError(path, "contains a NUL character or invalid Unicode")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ServiceError(path or "body", "must be a finite number")
 
 
 def storable(text: str) -> bool:
@@ -141,14 +169,32 @@ def get_team(user, data: dict) -> Team:
 
 
 def get_or_404(queryset, pk: int):
+    if not 1 <= pk <= MAX_ID:  # `<int:pk>` takes any digits; past bigint there is no such row
+        raise ServiceError("id", "not found", status=404)
     obj = queryset.filter(pk=pk).first()
     if obj is None:
         raise ServiceError("id", "not found", status=404)
     return obj
 
 
+@csrf_exempt  # an unknown path is a 404 for any method, not Django's CSRF 403 page
+def no_route(request, *args, **kwargs) -> JsonResponse:
+    """Every /api/... path that matches no route (the last pattern of api/urls.py), malformed
+    ids included: `<int:pk>` takes digits only, so `searches/abc` lands here."""
+    return JsonResponse({"field": "path", "error": "no such API endpoint"}, status=404)
+
+
+def query_param(request, name: str) -> str | None:
+    """A query parameter read once: given twice (`?team=1&team=2`), which one was meant is
+    unknown, so it is refused rather than the last silently winning."""
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise ServiceError(name, "given more than once")
+    return values[0] if values else None
+
+
 def filter_choice(request, queryset, name: str, choices) -> object:
-    value = request.query_params.get(name)
+    value = query_param(request, name)
     if value is None or value == "":
         return queryset
     allowed = [c for c, _ in choices]
@@ -158,7 +204,7 @@ def filter_choice(request, queryset, name: str, choices) -> object:
 
 
 def filter_team(request, queryset):
-    value = request.query_params.get("team")
+    value = query_param(request, "team")
     if value is None or value == "":
         return queryset
     return queryset.filter(team_id=parse_id(value, "team"))
@@ -166,6 +212,7 @@ def filter_team(request, queryset):
 
 def paginate(request, view, queryset) -> Response:
     paginator = PageNumberPagination()
+    query_param(request, paginator.page_query_param)  # the paginator reads the last one given
     try:
         page = paginator.paginate_queryset(queryset, request, view=view)
     except exceptions.NotFound as exc:
@@ -264,7 +311,7 @@ class SearchArchitectures(ApiView):
     )
     def get(self, request, pk: int):
         search = get_or_404(m.Search.objects.for_user(request.user), pk)
-        ordering = request.query_params.get("ordering") or "sample_index"
+        ordering = query_param(request, "ordering") or "sample_index"
         if ordering not in ORDER_BY:
             raise ServiceError("ordering", f"must be one of {', '.join(ORDER_BY)}")
         return paginate(request, self, search.architectures.order_by(*ORDER_BY[ordering], "id"))
@@ -421,6 +468,15 @@ def zip_folder(folder: Path) -> tempfile.SpooledTemporaryFile:
                 archive.write(path, path.relative_to(folder).as_posix())
     out.seek(0)
     return out
+
+
+class TrainingJobCancel(ApiView):
+    @extend_schema(request=None, responses={200: OBJ, 409: s.ERROR, **ERRORS})
+    def post(self, request, pk: int):
+        """Cancel a queued or running job (a member of its team); its worker stops at the next heartbeat."""
+        job = get_or_404(m.TrainingJob.objects.for_user(request.user), pk)
+        services.check_member(request.user, job.team)
+        return Response(services.cancel_training_job(job, by=request.user).to_dict())
 
 
 class TrainingJobBundle(ApiView):

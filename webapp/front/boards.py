@@ -19,11 +19,21 @@ from django.core.paginator import Paginator
 from django.db.models import F
 from django.db.models.fields.json import KT, KeyTextTransform, KeyTransform
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
 
 from webapp.accounts.models import Team
-from webapp.front.views import cells_svg, curve_points, epoch_table, headline_selection, job_progress, selection_stats
+from webapp.front.views import (
+    cancel_by_member,
+    cells_svg,
+    curve_points,
+    epoch_table,
+    headline_selection,
+    job_progress,
+    selection_stats,
+)
 from webapp.live.events import last_stored_seq
+from webapp.searches import services
 from webapp.searches.models import RUN_ACTIVE, RUN_SUCCEEDED, Architecture, Search, TrainingJob
 
 LEADERBOARD_PER_PAGE = 50
@@ -212,6 +222,17 @@ def training_job(request: HttpRequest, job_id: int) -> HttpResponse:
         "column_keys": columns,
         "epoch_rows": rows,
         "has_bundle": job.status == RUN_SUCCEEDED and bool(job.bundle_path),
+        "can_cancel": job.status in RUN_ACTIVE and job.team.has_member(request.user),
         "live": live,
     }
     return render(request, "front/training_job.html", context)
+
+
+@login_required
+@require_POST
+def training_job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = get_object_or_404(TrainingJob.objects.for_user(request.user).select_related("team"), pk=job_id)
+    cancel_by_member(
+        request, job.team, lambda: services.cancel_training_job(job, by=request.user), "Training job", job.id
+    )
+    return redirect("front:training_job", job_id=job.id)

@@ -8,6 +8,7 @@ and the visible fields; a non-empty "advanced: spec JSON" replaces it entirely. 
 from __future__ import annotations
 
 import json
+import math
 
 from django import forms
 
@@ -50,6 +51,22 @@ def error_to_field(form: forms.Form, error, mapping: dict[str, str]) -> None:
     form.add_error(field, error.reason if field else f"{error.field}: {error.reason}")
 
 
+def non_finite_path(data: object, root: str) -> str | None:
+    """The dotted path of the first NaN or +-Infinity in `data` (json.loads reads those
+    literals, and 1e400 as inf), or None. PostgreSQL's JSON column stores neither, so such a
+    spec would fail on save with a 500. Iterative: as deep as json.loads could read."""
+    stack = [(root, data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return path
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{key}", item) for key, item in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return None
+
+
 class SearchForm(forms.Form):
     """Numbers are not range-checked here: the spec validator is the one judge, and its
     errors come back on these fields (SEARCH_ERROR_FIELDS)."""
@@ -88,9 +105,15 @@ class SearchForm(forms.Form):
         if not text:
             return None
         try:
-            return json.loads(text)
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise forms.ValidationError(f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+        except RecursionError:  # json.loads recurses per level: thousands of `[` exhaust the stack
+            raise forms.ValidationError("not valid JSON: nested too deeply") from None
+        path = non_finite_path(data, "spec")
+        if path is not None:
+            raise forms.ValidationError(f"{path}: must be a finite number")
+        return data
 
     @property
     def uses_json(self) -> bool:

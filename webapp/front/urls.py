@@ -20,6 +20,7 @@ urlpatterns = [
     path("selections/<int:selection_id>", views.selection_detail, name="selection"),
     path("selections/<int:selection_id>/cancel", views.selection_cancel, name="selection_cancel"),
     path("training-jobs/<int:job_id>", boards.training_job, name="training_job"),
+    path("training-jobs/<int:job_id>/cancel", boards.training_job_cancel, name="training_job_cancel"),
     path("leaderboard", boards.leaderboard, name="leaderboard"),
     path("compare", boards.compare, name="compare"),
 ]

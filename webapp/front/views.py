@@ -580,13 +580,21 @@ def selection_detail(request: HttpRequest, selection_id: int) -> HttpResponse:
 @require_POST
 def selection_cancel(request: HttpRequest, selection_id: int) -> HttpResponse:
     selection = _selection(request, selection_id)
+    cancel_by_member(
+        request, selection.search.team, lambda: services.cancel_selection(selection), "Selection", selection.id
+    )
+    return redirect("front:selection", selection_id=selection.id)
+
+
+def cancel_by_member(request: HttpRequest, team, cancel, what: str, pk: int) -> None:
+    """Run `cancel()` for a member of `team` and say how it went; a non-member gets a 404
+    (a reviewer who may see the row is not one of the team that may stop it)."""
     try:
-        services.check_member(request.user, selection.search.team)
-        services.cancel_selection(selection)
+        services.check_member(request.user, team)
+        cancel()
     except services.ServiceError as exc:
         if exc.status == 404:
-            raise Http404("no such selection") from None
+            raise Http404(f"no such {what.lower()}") from None
         messages.error(request, f"Could not cancel: {exc.reason}.")
     else:
-        messages.success(request, f"Selection #{selection.id} cancelled.")
-    return redirect("front:selection", selection_id=selection.id)
+        messages.success(request, f"{what} #{pk} cancelled.")

@@ -108,7 +108,9 @@ class SearchAdmin(admin.ModelAdmin):
         best = format_html_join(", ", '<a href="{}">#{} ({})</a>', links)
         return format_html('<a href="{}">all {} architectures</a><br>best: {}', url, count, best or "-")
 
-    @admin.action(description="Cancel selected searches")
+    # Actions without `allowed_permissions` are offered to anyone who may open the list;
+    # the review actions ask for the change permission (webapp.accounts.roles).
+    @admin.action(description="Cancel selected searches", permissions=["change"])
     def cancel_searches(self, request, queryset) -> None:
         done, refused = 0, []
         for search in queryset:
@@ -119,7 +121,7 @@ class SearchAdmin(admin.ModelAdmin):
                 refused.append(f"{search.name}: {exc.reason}")
         _report(self, request, done, "Cancelling", refused)
 
-    @admin.action(description="Requeue failed child runs")
+    @admin.action(description="Requeue failed child runs", permissions=["change"])
     def requeue_failed(self, request, queryset) -> None:
         total, refused = 0, []
         for search in queryset:
@@ -176,9 +178,15 @@ class ArchitectureAdmin(admin.ModelAdmin):
     def genotype_pretty(self, obj: Architecture) -> str:
         return _pretty(obj.genotype)
 
+    def has_promote_permission(self, request) -> bool:
+        # Promoting adds a training job to the team (and spends GPU time): it asks for the
+        # add permission of training jobs, which reviewers do not hold.
+        return request.user.has_perm("searches.add_trainingjob")
+
     @admin.action(
         description=f"Promote: train at N={SCALE_DEFAULTS['repeats']} F={SCALE_DEFAULTS['filters']}, "
-        f"{SCALE_DEFAULTS['epochs']} epochs on the search's data set"
+        f"{SCALE_DEFAULTS['epochs']} epochs on the search's data set",
+        permissions=["promote"],
     )
     def promote_architectures(self, request, queryset) -> None:
         done, refused = 0, []
@@ -221,8 +229,21 @@ class TrainingJobAdmin(admin.ModelAdmin):
         "finished_at",
     ]  # fmt: skip
 
+    actions = ["cancel_training_jobs"]
+
     def has_add_permission(self, request) -> bool:
         return False
+
+    @admin.action(description="Cancel selected training jobs", permissions=["change"])
+    def cancel_training_jobs(self, request, queryset) -> None:
+        done, refused = 0, []
+        for job in queryset:
+            try:
+                services.cancel_training_job(job, by=request.user)
+                done += 1
+            except services.ServiceError as exc:
+                refused.append(f"#{job.pk}: {exc.reason}")
+        _report(self, request, done, "Cancelled", refused)
 
 
 @admin.register(Selection)
@@ -276,7 +297,7 @@ class SelectionAdmin(admin.ModelAdmin):
             return "-"
         return format_html_join("", '<div><a href="{}">#{}</a>: {}{} (n={}, failed {})</div>', rows)
 
-    @admin.action(description="Cancel selected selections")
+    @admin.action(description="Cancel selected selections", permissions=["change"])
     def cancel_selections(self, request, queryset) -> None:
         done, refused = 0, []
         for selection in queryset:

@@ -16,7 +16,7 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
-from nas_engine.spec import Limits, SearchSpec, validate_spec
+from nas_engine.spec import SearchSpec, validate_spec
 from webapp.accounts.models import Team
 
 # -- Search ----------------------------------------------------------------------------------
@@ -150,15 +150,12 @@ class Search(models.Model):
         }
 
 
-# A stored spec passed validation at submission: no quota may refuse it later.
-_NO_LIMITS = Limits(max_children=10**9, max_parallel=10**6)
-
-
 @functools.lru_cache(maxsize=256)
 def _parse_stored_spec(spec_json: str, data_root: str) -> SearchSpec:
     """Parse once per process and spec text (a worker advances the same search thousands of
     times; SearchSpec is frozen, so sharing it is safe)."""
-    return validate_spec(json.loads(spec_json), data_root=Path(data_root), limits=_NO_LIMITS)
+    # A stored spec passed the limits at submission (limits=None): none may refuse it later.
+    return validate_spec(json.loads(spec_json), data_root=Path(data_root), limits=None)
 
 
 class ArchitectureQuerySet(TeamScopedQuerySet):

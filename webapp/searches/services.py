@@ -14,9 +14,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from nas_engine.data import DataError, DatasetShape, peek_dataset
+from nas_engine.data import DatasetShape
 from nas_engine.genotype import Genotype, GenotypeError
-from nas_engine.network import NetworkError
+from nas_engine.limits import SETTING_NAMES, LimitError, check_training
 from nas_engine.selection import (
     DEFAULT_SEEDS,
     Candidate,
@@ -49,7 +49,8 @@ class ServiceError(Exception):
 
 
 def limits() -> Limits:
-    return Limits(max_children=settings.NAS_MAX_CHILDREN_PER_SEARCH, max_parallel=settings.NAS_MAX_PARALLEL_PER_SEARCH)
+    """This deployment's limits (webapp/settings.py; nas_engine/limits.py says what each bounds)."""
+    return Limits(**{name: getattr(settings, setting) for name, setting in SETTING_NAMES.items()})
 
 
 def check_member(user, team: Team) -> None:
@@ -177,17 +178,32 @@ def create_training_job(
             dataset = {**dataset, "image_size": chosen.image_size}
     try:
         # A final training may use every training image (val_size 0): no reward needed.
-        dataset = validate_dataset(dataset, settings.NAS_DATA_ROOT, needs_validation=False)
+        dataset = validate_dataset(dataset, settings.NAS_DATA_ROOT, needs_validation=False, limits=limits())
     except SpecError as exc:
         raise ServiceError(exc.field, exc.reason) from None
     try:
         parsed_recipe = Recipe.from_dict({**(chosen.recipe.to_dict() if chosen else {}), **recipe})
     except RecipeError as exc:
         raise ServiceError(f"recipe.{exc.field}", exc.reason) from None
-    shape = _network_fits_data(parsed_recipe, dataset)
+    try:
+        shape = check_training(
+            parsed, parsed_recipe, dataset, settings.NAS_DATA_ROOT, limits(), prefix="recipe", cost_limit="max_job_cost"
+        )
+    except LimitError as exc:
+        raise ServiceError(exc.field, exc.reason) from None
     fixed_n = recipe.get("repeats", chosen.recipe.repeats if chosen else None)
     budget = _transfer_budget(budget, parsed, parsed_recipe, shape, fixed_n, width_given="filters" in recipe)
     with transaction.atomic():
+        # One team's jobs at a time are bounded: the gpu queue is shared.
+        Team.objects.select_for_update().filter(pk=team.pk).first()
+        active = m.TrainingJob.objects.filter(team=team, status__in=m.RUN_ACTIVE).count()
+        if active >= settings.NAS_MAX_ACTIVE_JOBS_PER_TEAM:
+            raise ServiceError(
+                "team",
+                f"the team has {active} training jobs queued or running, the limit (NAS_MAX_ACTIVE_JOBS_PER_TEAM); "
+                "wait for one to end or cancel one",
+                status=429,
+            )
         job = m.TrainingJob.objects.create(
             team=team,
             owner=user,
@@ -214,26 +230,30 @@ def create_training_job(
     return job
 
 
+def cancel_training_job(job: m.TrainingJob, *, by=None) -> m.TrainingJob:
+    """Stop a queued or running training job. A worker training it notices at its next
+    heartbeat (the row is no longer its), stops, and drops the checkpoint."""
+    with transaction.atomic():
+        row = (
+            m.TrainingJob.objects.select_for_update(of=("self",)).select_related("architecture", "owner").get(pk=job.pk)
+        )
+        if row.status not in m.RUN_ACTIVE:
+            raise ServiceError("status", f"cannot cancel a {row.status} training job", status=409)
+        row.status, row.finished_at, row.lease_expires_at = m.RUN_CANCELLED, timezone.now(), None
+        row.error = f"cancelled by {by}" if by is not None else "cancelled"
+        row.save(update_fields=["status", "finished_at", "lease_expires_at", "error"])
+        if row.architecture is not None:
+            live.publish_many(row.architecture.search_id, [live.job_progress(row)])
+    log.info("training job %s cancelled%s", row.id, f" by {by}" if by is not None else "")
+    return row
+
+
 def _transfer_preset(name: object) -> TransferPreset | None:
     if name is None or name == "":
         return None
     if not isinstance(name, str) or name not in TRANSFER_PRESETS:
         raise ServiceError("preset", f"unknown preset {name!r}; known presets: {', '.join(TRANSFER_PRESETS)}")
     return TRANSFER_PRESETS[name]
-
-
-def _network_fits_data(recipe: Recipe, dataset: dict) -> DatasetShape:
-    """The data set's shape, after checking that the recipe's network can be built on it
-    (an ImageNet stem needs 32 px or more): a refusal now, not a failed job later."""
-    try:
-        shape = peek_dataset(dataset["name"], data_root=settings.NAS_DATA_ROOT, image_size=dataset.get("image_size"))
-        recipe.macro_config(shape)
-    except DataError as exc:
-        raise ServiceError("dataset" if exc.field == "dataset" else f"dataset.{exc.field}", exc.reason) from None
-    except NetworkError as exc:
-        where = {"image_size": "dataset.image_size", "num_classes": "dataset", "in_channels": "dataset"}
-        raise ServiceError(where.get(exc.field, f"recipe.{exc.field}"), exc.reason) from None
-    return shape
 
 
 BUDGET_FIELDS = ("max_params", "max_mult_adds")

@@ -1,7 +1,9 @@
 """`manage.py createmember USERNAME TEAM [--password P] [--staff] [--role owner|member]`.
 
 Creates whatever is missing (the user, the team, the membership) and says what it did;
-running it twice changes nothing the second time.
+running it twice changes nothing the second time. `--staff` makes the user, new or
+existing, a reviewer: staff, in the "reviewers" group (webapp.accounts.roles), which
+lets them use Django admin without being a superuser.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from webapp.accounts.models import ROLE_CHOICES, ROLE_MEMBER, Membership, Team
+from webapp.accounts.roles import REVIEWERS, sync_reviewers_group
 
 
 class Command(BaseCommand):
@@ -20,7 +23,11 @@ class Command(BaseCommand):
         parser.add_argument("username")
         parser.add_argument("team")
         parser.add_argument("--password", help="set this password (a new user without one cannot log in)")
-        parser.add_argument("--staff", action="store_true", help="make the user staff (sees every team)")
+        parser.add_argument(
+            "--staff",
+            action="store_true",
+            help="make the user a reviewer: staff (sees every team) in the reviewers group (uses the admin)",
+        )
         parser.add_argument("--role", choices=[r for r, _ in ROLE_CHOICES], help="default: member")
 
     @transaction.atomic
@@ -39,6 +46,15 @@ class Command(BaseCommand):
             user.is_staff = True
             self.say(f"made {username} staff")
         user.save()
+        if staff:
+            # is_staff alone grants no admin page: the group holds the permissions. It is
+            # made by migrate; set up again here in case someone deleted it by hand.
+            group = sync_reviewers_group()
+            if user.groups.filter(pk=group.pk).exists():
+                self.say(f"{username} is already staff in the {REVIEWERS} group")
+            else:
+                user.groups.add(group)
+                self.say(f"added {username} to the {REVIEWERS} group")
 
         team_obj, created = Team.objects.get_or_create(name=team_name)
         self.say(f"{'created' if created else 'found'} team {team_name}")

@@ -26,6 +26,8 @@
     if (!s) return;
     status = String(s);
     window.NasEpochs.setBadge(document.getElementById("job-status"), status);
+    var cancel = document.getElementById("job-cancel-form");
+    if (cancel && !active(status)) cancel.hidden = true;  // nothing left to cancel
   }
 
   function setProgress(epoch, total) {
