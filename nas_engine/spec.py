@@ -179,7 +179,14 @@ def _folder_name(name: object, path: str, data_root: Path, *, builtin_ok: bool) 
         is_dir = False
     if not is_dir:
         raise SpecError(path, f"{name!r} is not a folder under the data root")
-    return name
+    # Stored relative to the root, normalised: an absolute path would show the server's
+    # layout to every member, and "a/../b" or "./b" would be another name for one set.
+    relative = folder.relative_to(Path(data_root).resolve()).as_posix()
+    if relative == ".":
+        raise SpecError(path, "that is the data root itself; name a folder inside it")
+    if relative in BUILTIN:  # "./digits" would be stored as, and then mean, the built-in set
+        raise SpecError(path, f"the folder {relative!r} has a built-in data set's name; rename the folder")
+    return relative
 
 
 def _objective(data: object) -> dict:

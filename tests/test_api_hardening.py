@@ -220,3 +220,74 @@ def test_a_query_parameter_given_once_still_filters(client, personas, search):
     client.force_login(personas.owner)
     r = client.get(f"/api/searches?team={personas.alpha.id}&status=finished&page=1")
     assert r.status_code == 200 and [s["id"] for s in r.json()["results"]] == [search.id]
+
+
+# -- names: never cut silently, never invisible ----------------------------------------------------
+BAD_NAMES = [
+    ("n" * 201, "at most 200 characters"),  # a training job's was cut to 200 without a word
+    ("\u200b\u200b", "visible character"),  # zero-width spaces only: a blank row in every list
+    ("\u2060\ufeff", "visible character"),
+    ("two\nlines", "control characters"),
+    ("   ", "required"),
+    (5, "a string"),
+]
+
+
+@pytest.mark.parametrize("kind", ["search", "training job"])
+@pytest.mark.parametrize("name, said", BAD_NAMES, ids=[str(i) for i in range(len(BAD_NAMES))])
+def test_a_bad_name_is_refused_not_cut(client, personas, kind, name, said):
+    client.force_login(personas.owner)
+    if kind == "search":
+        body, url = {"team": personas.alpha.id, "name": name, "spec": SPEC}, "/api/searches"
+    else:
+        body = {"team": personas.alpha.id, "name": name, "genotype": GENOTYPE, "dataset": "digits"}
+        url = "/api/training-jobs"
+    r = client.post(url, json.dumps(body), content_type="application/json")
+    assert r.status_code == 400 and r.json()["field"] == "name" and said in r.json()["error"], r.content
+    assert counts() == (0, 0, 0, 0)
+
+
+def test_a_name_of_200_characters_in_any_script_is_kept_whole(client, personas):
+    client.force_login(personas.owner)
+    name = "Поиск ячеек " + "数" * 188
+    body = {"team": personas.alpha.id, "name": name, "genotype": GENOTYPE, "dataset": "digits"}
+    r = client.post("/api/training-jobs", json.dumps(body), content_type="application/json")
+    assert r.status_code == 201 and r.json()["name"] == name
+
+
+# -- data set names: stored relative to the data root ----------------------------------------------
+@pytest.fixture
+def data_root(settings, tmp_path):
+    from PIL import Image
+
+    for name in ("cat", "dog"):
+        (tmp_path / "pets" / "train" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "pets" / "train" / name / "a.png")
+    settings.NAS_DATA_ROOT = tmp_path
+    return tmp_path
+
+
+@pytest.mark.parametrize("given", ["pets/train", "./pets/train", "pets/../pets/train/", "ABSOLUTE"])
+def test_a_data_set_is_stored_relative_to_the_root(client, personas, data_root, given):
+    """An absolute path inside the root used to be stored as given, showing every member
+    the server's layout; other spellings of one folder were other names."""
+    client.force_login(personas.owner)
+    name = str(data_root / "pets" / "train") if given == "ABSOLUTE" else given
+    spec = {**SPEC, "dataset": name}
+    r = client.post(
+        "/api/searches", json.dumps({"team": personas.alpha.id, "name": "s", "spec": spec}), "application/json"
+    )
+    assert r.status_code == 201, r.content
+    assert m.Search.objects.get().spec["dataset"]["name"] == "pets/train"
+    assert str(data_root) not in r.content.decode()
+
+
+@pytest.mark.parametrize("given, said", [(".", "data root itself"), ("", "required"), ("pets/..", "data root itself")])
+def test_the_data_root_itself_is_not_a_data_set(client, personas, data_root, given, said):
+    client.force_login(personas.owner)
+    spec = {**SPEC, "dataset": given}
+    r = client.post(
+        "/api/searches", json.dumps({"team": personas.alpha.id, "name": "s", "spec": spec}), "application/json"
+    )
+    assert r.status_code == 400 and r.json()["field"] == "spec.dataset.name" and said in r.json()["error"], r.content
+    assert counts() == (0, 0, 0, 0)

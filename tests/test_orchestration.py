@@ -21,6 +21,7 @@ import torch
 from tests.celery_worker import WorkerSet, flush_redis, use_broker, worker_env
 
 LEASE_SECONDS = 4
+TEAM_SHARE = 3  # NAS_MAX_ACTIVE_RUNS_PER_TEAM of the workers: each team's share of the gpu queue
 SYNTHETIC = {"name": "synthetic", "noise": 0.0, "duration_s": 0.0, "failure_rate": 0.0}
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -55,7 +56,13 @@ def stack(django_db_setup, django_db_blocker):
     use_broker(url)
     flush_redis(url)
     artifacts = tempfile.mkdtemp(prefix="nas-artifacts-")  # bundles and job checkpoints
-    env = worker_env(name, url, NAS_LEASE_SECONDS=LEASE_SECONDS, NAS_ARTIFACTS_ROOT=artifacts)
+    env = worker_env(
+        name,
+        url,
+        NAS_LEASE_SECONDS=LEASE_SECONDS,
+        NAS_ARTIFACTS_ROOT=artifacts,
+        NAS_MAX_ACTIVE_RUNS_PER_TEAM=TEAM_SHARE,
+    )
     with WorkerSet(env) as workers:
         stack = Stack(workers)
         stack.redis_url = url
@@ -379,3 +386,43 @@ def test_an_emptied_redis_loses_no_training_job(stack, owner):
 
     wait_for(stack, job, ended, timeout=120, reap_every=1.0)
     assert job.status == m.RUN_SUCCEEDED and job.attempt == 1, (job.error, stack.workers.logs())
+
+
+def test_one_teams_backlog_does_not_hold_another_teams_search_queued(stack, owner):
+    """Issue #12, fair sharing: alpha fills the gpu queue with 3 searches x 10 parallel
+    children of 0.5 s (15 s of work in front of anything sent after it, on one worker);
+    beta's small search still starts within seconds, because each team may have at most
+    TEAM_SHARE runs queued or running, over all its searches."""
+    from django.contrib.auth.models import User
+
+    from webapp.accounts.models import ROLE_OWNER, Membership, Team
+    from webapp.searches import models as m
+    from webapp.searches.services import submit_search
+
+    slow = {**SYNTHETIC, "duration_s": 0.5}
+    alpha = [submit(owner, objective=slow, budget={"children": 20, "parallel": 10}) for _ in range(3)]
+    time.sleep(1.0)  # alpha's advances have dispatched what they may
+    beta_team = Team.objects.create(name="beta")
+    beta_user = User.objects.create_user("bea", password="pw-bea-123")
+    Membership.objects.create(user=beta_user, team=beta_team, role=ROLE_OWNER)
+    spec = {"dataset": "digits", "objective": slow, "strategy": "random", "budget": {"children": 2, "parallel": 2}}
+    submitted = time.monotonic()
+    beta = submit_search(user=beta_user, team=beta_team, name="small", spec_data=spec)
+    alpha_active_seen = []
+    while time.monotonic() - submitted < 60:
+        alpha_active_seen.append(runs_of_team(owner[1], *m.RUN_ACTIVE).count())
+        if runs_of(beta).filter(started_at__isnull=False).exists():
+            break
+        time.sleep(0.1)
+    waited = time.monotonic() - submitted
+    assert waited < 8, f"beta's first child started after {waited:.1f} s\n{stack.workers.logs()}"
+    assert max(alpha_active_seen) <= TEAM_SHARE
+    wait_for(stack, beta, finished, timeout=60)
+    for search in alpha:  # the held-back searches of alpha are not starved either
+        assert_complete(wait_for(stack, search, finished, timeout=120), stack)
+
+
+def runs_of_team(team, *statuses):
+    from webapp.searches.models import ChildRun
+
+    return ChildRun.objects.filter(architecture__search__team=team, status__in=statuses)

@@ -253,3 +253,44 @@ def test_a_running_training_job_stops_when_cancelled_and_drops_its_checkpoint(se
     assert job.status == m.RUN_CANCELLED and job.error == "cancelled by owner"
     assert 0 < len(job.epochs) < 200 and not job.bundle_path
     assert not checkpoint_path("job", job.id).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_synthetic_child_longer_than_the_lease_keeps_it_and_succeeds(settings):
+    """Issue #12: a synthetic child slept without heartbeats, so with duration_s past the
+    lease the reaper took it away each time and it failed after NAS_MAX_ATTEMPTS."""
+    import threading
+    import time
+
+    from django.contrib.auth.models import User
+    from django.db import connection
+
+    from webapp.accounts.models import ROLE_OWNER, Membership, Team
+    from webapp.searches import models as m
+    from webapp.searches.services import submit_search
+    from workers import advance, child_runs, reaper
+
+    settings.NAS_LEASE_SECONDS = 1.0  # the child sleeps 2.5 leases
+    team = Team.objects.create(name="alpha")
+    user = User.objects.create_user("owner", password="pw-owner-123")
+    Membership.objects.create(user=user, team=team, role=ROLE_OWNER)
+    spec = {**SPEC, "objective": {"name": "synthetic", "duration_s": 2.5}, "budget": {"children": 1, "parallel": 1}}
+    search = submit_search(user=user, team=team, name="slow", spec_data=spec)
+    advance.advance(search.id)
+    run = m.ChildRun.objects.get(architecture__search=search)
+
+    def work():
+        try:
+            child_runs.run_child(run.id)
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    requeued = []
+    while worker.is_alive():
+        requeued += reaper.reap()["requeued"]  # what the reaper would do meanwhile
+        time.sleep(0.2)
+    worker.join()
+    run.refresh_from_db()
+    assert requeued == [] and run.status == m.RUN_SUCCEEDED and run.attempt == 1, run.error

@@ -164,6 +164,9 @@ NAS_MAX_IMAGE_SIZE = env_int("NAS_MAX_IMAGE_SIZE", 512, minimum=8)
 NAS_MAX_CONTROLLER_HIDDEN = env_int("NAS_MAX_CONTROLLER_HIDDEN", 512, minimum=1)
 NAS_MAX_CHILD_COST = env_float("NAS_MAX_CHILD_COST", 1e15, minimum=1.0)
 NAS_MAX_JOB_COST = env_float("NAS_MAX_JOB_COST", 1e19, minimum=1.0)
+# Child runs of one team queued or running at once, over all its searches: the gpu queue
+# serves first come first, so this is each team's share of it (workers/advance.py).
+NAS_MAX_ACTIVE_RUNS_PER_TEAM = env_int("NAS_MAX_ACTIVE_RUNS_PER_TEAM", 64, minimum=1)
 # Training jobs of one team queued or running at once (the gpu queue is shared).
 NAS_MAX_ACTIVE_JOBS_PER_TEAM = env_int("NAS_MAX_ACTIVE_JOBS_PER_TEAM", 4, minimum=1)
 NAS_LEASE_SECONDS = env_float("NAS_LEASE_SECONDS", 120.0, minimum=1.0)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
@@ -135,7 +136,8 @@ def _step(search: m.Search) -> None:
     untold = _untold_runs(search)
     finished = [row for row in untold if row[2] in RUN_FINISHED]
     active = sum(row[2] in m.RUN_ACTIVE for row in untold)
-    free = min(spec.parallel - active, search.children_total - search.children_sampled)
+    team_free = _team_free(search)
+    free = min(spec.parallel - active, search.children_total - search.children_sampled, team_free)
     if search.status == m.RUNNING and search.checkpoint_at and not finished and free <= 0:
         return  # a repeated kick: nothing arrived, no slot is free
     events: list[tuple[str, dict]] = []  # live events of this advance, written in one go
@@ -151,9 +153,10 @@ def _step(search: m.Search) -> None:
         new_runs, reused = _sample(search, spec, strategy, free, events)
         to_dispatch += new_runs
         active += len(new_runs)
+        team_free -= len(new_runs)
         if not reused:
             break
-        free = min(spec.parallel - active, search.children_total - search.children_sampled)
+        free = min(spec.parallel - active, search.children_total - search.children_sampled, team_free)
     search.checkpoint = strategy_to_bytes(strategy)
     search.checkpoint_at = timezone.now()
     if search.children_sampled >= search.children_total and not strategy.pending():
@@ -170,6 +173,17 @@ def _step(search: m.Search) -> None:
     transaction.on_commit(lambda: _strategies.__setitem__(search.id, (version, strategy)))
     for run_id in to_dispatch:
         dispatch.send_on_commit(dispatch.TASK_TRAIN_CHILD, run_id)
+
+
+def _team_free(search: m.Search) -> int:
+    """Child runs the search's team may still have queued or running, over all its searches
+    (NAS_MAX_ACTIVE_RUNS_PER_TEAM): the gpu queue is first come, first served, so without
+    a bound one team's backlog would sit in front of every other team's children. A search
+    held back here is advanced again when one of its team's runs ends (child_runs.finish)."""
+    team_active = m.ChildRun.objects.filter(
+        architecture__search__team_id=search.team_id, status__in=m.RUN_ACTIVE
+    ).count()
+    return max(0, settings.NAS_MAX_ACTIVE_RUNS_PER_TEAM - team_active)
 
 
 def _version(search: m.Search) -> tuple:

@@ -53,7 +53,22 @@ def finish(run: m.ChildRun, status: str, *, reward=None, error: str = "", wall_t
     else:
         log.info("child run %s of search %s %s%s: %s", run.pk, search_id, status, took, error)
     dispatch.request_advance(search_id)
+    _kick_held_back(arch.search.team_id, search_id)
     return True
+
+
+def _kick_held_back(team_id: int, search_id: int) -> None:
+    """A run of the team ended, so a slot of its share of the gpu queue is free
+    (advance._team_free): its other running searches that have nothing queued or running
+    get no result to wake them, so ask for their advance here."""
+    held = (
+        m.Search.objects.filter(team_id=team_id, status__in=m.SEARCH_ADVANCING)
+        .exclude(pk=search_id)
+        .exclude(architectures__runs__status__in=m.RUN_ACTIVE)
+        .values_list("id", flat=True)
+    )
+    for other in held:
+        dispatch.request_advance(other)
 
 
 def retry_or_fail(run: m.ChildRun, error: str) -> None:
@@ -85,24 +100,25 @@ def run_child(run_id: int) -> None:
         run.attempt,
     )
     start = time.perf_counter()
+    label = f"child run {run.pk}"
     try:
         if spec.objective["name"] == "synthetic":
-            reward = objective_for(spec)(genotype)
+            # Heartbeats while it "trains": a duration_s longer than the lease would
+            # otherwise be taken away and retried until it failed, every time.
+            with lease_kept(run, label):
+                reward = objective_for(spec)(genotype)
             elapsed = time.perf_counter() - start
             if reward is None:
                 finish(run, m.RUN_FAILED, error="synthetic failure", wall_time=elapsed)
             else:
                 finish(run, m.RUN_SUCCEEDED, reward=reward, wall_time=elapsed)
             return
-        reporter = LeaseReporter(
-            run,
-            f"child run {run.pk}",
-            arch.search_id,
-            on_epochs=lambda epochs: _publish_progress(run, epochs),
-        )
-        with lease_kept(run, f"child run {run.pk}"):
+        reporter = LeaseReporter(run, label, arch.search_id, on_epochs=lambda epochs: _publish_progress(run, epochs))
+        # Heartbeats from a thread through every phase, not only per batch: decoding the data
+        # set, building the network, and scoring the validation split report no progress.
+        with lease_kept(run, label):
             data = dataset_for(spec.dataset, spec.seed)
-        result = train_child(genotype, spec.child, data, device=device(), reporter=reporter)
+            result = train_child(genotype, spec.child, data, device=device(), reporter=reporter)
     except Exception as exc:
         log.exception("child run %s: training raised", run.pk)
         last = traceback.format_exception_only(type(exc), exc)[-1].strip()

@@ -143,7 +143,7 @@ def promote(
             recipe = {key: value for key, value in recipe.items() if key not in ("repeats", "filters") or key in given}
     if not name:
         size = preset or f"N={recipe.get('repeats', '?')} F={recipe.get('filters', '?')}"
-        name = f"{search.name} #{architecture.sample_index} at {size}"
+        name = f"{search.name} #{architecture.sample_index} at {size}"[: services.NAME_MAX]
     return services.create_training_job(
         user=user,
         team=search.team,

@@ -9,6 +9,7 @@ reason, status)` for what the caller did wrong, which views turn into a 4xx.
 from __future__ import annotations
 
 import logging
+import unicodedata
 
 from django.conf import settings
 from django.db import transaction
@@ -59,14 +60,31 @@ def check_member(user, team: Team) -> None:
         raise ServiceError("team", "no such team", status=404)
 
 
+NAME_MAX = 200  # the models' CharField
+
+
+def clean_name(name: object) -> str:
+    """A search's or training job's name: trimmed, 1 to 200 characters, something visible
+    (a name of only spaces, zero-width or control characters shows as nothing in lists),
+    never cut silently."""
+    if not isinstance(name, str):
+        raise ServiceError("name", "required: a string")
+    name = name.strip()
+    if not name:
+        raise ServiceError("name", "required")
+    if len(name) > NAME_MAX:
+        raise ServiceError("name", f"at most {NAME_MAX} characters, got {len(name)}")
+    if not any(unicodedata.category(c)[0] in "LNPS" for c in name):
+        raise ServiceError("name", "must contain a visible character (a letter, digit, punctuation or symbol)")
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        raise ServiceError("name", "must not contain control characters (newlines, tabs, escapes)")
+    return name
+
+
 def submit_search(*, user, team: Team, name: str, spec_data: object) -> m.Search:
     """Validate everything, write the Search row, queue the first advance on commit."""
     check_member(user, team)
-    name = (name or "").strip()
-    if not name:
-        raise ServiceError("name", "required")
-    if len(name) > 200:
-        raise ServiceError("name", "at most 200 characters")
+    name = clean_name(name)
     try:
         spec = validate_spec(spec_data, data_root=settings.NAS_DATA_ROOT, limits=limits())
     except SpecError as exc:
@@ -162,9 +180,7 @@ def create_training_job(
     unreachable budget is refused here (one count of the smallest network); the fit itself
     (a few seconds to half a minute of counting) runs on the worker."""
     check_member(user, team)
-    name = (name or "").strip()
-    if not name:
-        raise ServiceError("name", "required")
+    name = clean_name(name)
     try:
         parsed = Genotype.from_dict(genotype)
     except GenotypeError as exc:
@@ -207,7 +223,7 @@ def create_training_job(
         job = m.TrainingJob.objects.create(
             team=team,
             owner=user,
-            name=name[:200],
+            name=name,
             architecture=architecture,
             genotype=parsed.to_dict(),
             dataset=dataset,
