@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime, timedelta
+from io import StringIO
 
 import pytest
+from django.core.management import CommandError, call_command
+from django.http import HttpRequest
+from django.utils import timezone
 
 from webapp.accounts.models import ApiToken
 
@@ -86,5 +91,90 @@ def test_a_session_post_needs_the_csrf_token(personas):
 
 
 def test_the_session_login_works(client, personas):
-    assert client.login(username="member", password="pw-member-123")
+    # axes' backend refuses an authenticate() without a request; login() passes this one on.
+    assert client.login(request=HttpRequest(), username="member", password="pw-member-123")
     assert client.get("/api/teams").status_code == 200
+
+
+# -- expiry -------------------------------------------------------------------------------------
+
+
+def test_an_expired_token_is_401_with_the_date_and_what_to_do(client, personas):
+    token, raw = ApiToken.issue(personas.member, days=30)
+    assert client.get("/api/teams", **bearer(raw)).status_code == 200
+    token.expires_at = datetime(2025, 3, 1, 12, 30, tzinfo=UTC)
+    token.save()
+    r = client.get("/api/teams", **bearer(raw))
+    assert r.status_code == 401 and r["WWW-Authenticate"] == "Bearer"
+    assert r.json() == {
+        "field": "authorization",
+        "error": "token expired on 2025-03-01 12:30 UTC; issue a new one (manage.py issuetoken)",
+    }
+
+
+def test_a_token_is_refused_from_the_moment_it_expires(client, personas):
+    token, raw = ApiToken.issue(personas.member)
+    ApiToken.objects.filter(pk=token.pk).update(expires_at=timezone.now() + timedelta(seconds=30))
+    assert client.get("/api/teams", **bearer(raw)).status_code == 200
+    ApiToken.objects.filter(pk=token.pk).update(expires_at=timezone.now())
+    assert client.get("/api/teams", **bearer(raw)).status_code == 401
+
+
+def test_a_token_expires_after_NAS_API_TOKEN_DAYS_by_default(personas, settings):
+    assert settings.NAS_API_TOKEN_DAYS == 90
+    before = timezone.now()
+    token, _ = ApiToken.issue(personas.member)
+    assert before + timedelta(days=90) <= token.expires_at <= timezone.now() + timedelta(days=90)
+    settings.NAS_API_TOKEN_DAYS = 7
+    token, _ = ApiToken.issue(personas.member)
+    assert token.expires_at - token.created_at < timedelta(days=7, seconds=1)
+    assert token.expires_at - token.created_at > timedelta(days=7, seconds=-1)
+
+
+def test_days_zero_never_expires(client, personas, settings):
+    token, raw = ApiToken.issue(personas.member, days=0)
+    assert token.expires_at is None
+    settings.NAS_API_TOKEN_DAYS = 0
+    assert ApiToken.issue(personas.member)[0].expires_at is None
+    assert client.get("/api/teams", **bearer(raw)).status_code == 200
+
+
+def test_a_token_from_before_expiry_existed_never_expires(client, personas):
+    """Tokens issued before the column existed have NULL there (the migration adds no date)."""
+    token, raw = ApiToken.issue(personas.member)
+    ApiToken.objects.filter(pk=token.pk).update(expires_at=None)
+    assert client.get("/api/teams", **bearer(raw)).status_code == 200
+
+
+def test_negative_days_are_refused(personas):
+    with pytest.raises(ValueError, match="days"):
+        ApiToken.issue(personas.member, days=-1)
+    assert not ApiToken.objects.exists()
+
+
+def issuetoken(*args) -> tuple[str, str]:
+    out, err = StringIO(), StringIO()
+    call_command("issuetoken", *args, stdout=out, stderr=err)
+    return out.getvalue().strip(), err.getvalue()
+
+
+def test_issuetoken_days_sets_the_expiry_and_says_when(client, personas):
+    raw, note = issuetoken("member", "--days", "30")
+    token = ApiToken.objects.get()
+    assert timedelta(days=30, seconds=-1) < token.expires_at - token.created_at < timedelta(days=30, seconds=1)
+    assert f"expires on {token.expires_at:%Y-%m-%d %H:%M} UTC (in 30 days)" in note and raw not in note
+    assert client.get("/api/teams", **bearer(raw)).status_code == 200
+
+
+def test_issuetoken_defaults_to_the_setting_and_days_zero_never_expires(personas, settings):
+    settings.NAS_API_TOKEN_DAYS = 12
+    _, note = issuetoken("member")
+    assert "(in 12 days)" in note and ApiToken.objects.get().expires_at is not None
+    _, note = issuetoken("member", "--days", "0", "--name", "ci")
+    assert "never expires" in note and ApiToken.objects.get(name="ci").expires_at is None
+
+
+def test_issuetoken_refuses_negative_days(personas):
+    with pytest.raises(CommandError, match="--days: 0"):
+        issuetoken("member", "--days", "-3")
+    assert not ApiToken.objects.exists()

@@ -7,6 +7,7 @@ REDIS_URL; `manage.py check --deploy` is clean with those. See README, "Settings
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -35,6 +36,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",  # login throttling; see "login throttling" below
     "rest_framework",
     "drf_spectacular",
     "webapp.accounts",
@@ -57,6 +59,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as its docs ask: it turns a login that axes refused into the lockout response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "webapp.urls"
@@ -125,6 +129,31 @@ STATIC_ROOT = env_dir("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles")
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+# -- login throttling (django-axes) and API tokens -----------------------------------------------
+# Axes' backend comes first: it refuses a locked-out (username, address) before the password
+# is even checked. Only logins are throttled (the site's and the admin's, both through
+# authenticate()); the API's bearer tokens and open sessions never call it.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("NAS_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("NAS_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+# Per (username, address) pair: per username alone would let anyone lock a user out from
+# anywhere, per address alone would lock out everyone behind one NAT.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# A 429 page saying how long to wait (webapp/accounts/throttle.py), not axes' bare text.
+AXES_LOCKOUT_CALLABLE = "webapp.accounts.throttle.lockout_response"
+# Axes' own admin pages offer an action to anyone who may view them; unlock with
+# `manage.py axes_reset_username NAME` (or axes_reset_ip, axes_reset) instead.
+AXES_ENABLE_ADMIN = False
+# Behind a proxy REMOTE_ADDR is the proxy's for every client: take the address the proxy
+# appended to X-Forwarded-For instead. Without django-ipware (not installed) axes ignores its
+# AXES_IPWARE_* settings and reads REMOTE_ADDR, which is right without a proxy.
+AXES_CLIENT_IP_CALLABLE = (
+    "webapp.accounts.throttle.client_ip_behind_proxy" if env_bool("DJANGO_BEHIND_PROXY", False) else None
+)
+# Days an API token is valid from its issue (`issuetoken --days` overrides); 0: never expires.
+NAS_API_TOKEN_DAYS = env_int("NAS_API_TOKEN_DAYS", 90, minimum=0)
 
 # -- security (production) ---------------------------------------------------------------------
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = not DEBUG

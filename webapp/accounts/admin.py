@@ -1,6 +1,6 @@
 """Admin for teams, memberships and API tokens.
 
-Tokens are stored as a SHA-256 digest; the admin shows the prefix and digest read-only
+Tokens are stored as a SHA-256 digest; the admin shows the prefix, digest and expiry read-only
 and cannot create tokens (the raw value would have to be shown, and it is shown once,
 to its owner, by the API). Deleting a token revokes it.
 """
@@ -45,12 +45,14 @@ class MembershipAdmin(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    list_display = ["prefix", "name", "user", "created_at", "last_used_at"]
-    list_filter = ["created_at", "last_used_at"]
+    list_display = ["prefix", "name", "user", "created_at", "last_used_at", "expires_at"]
+    list_filter = ["created_at", "last_used_at", "expires_at"]
     search_fields = ["prefix", "name", "user__username"]
     list_select_related = ["user"]
-    fields = ["user", "name", "prefix", "digest", "created_at", "last_used_at"]
-    readonly_fields = ["user", "prefix", "digest", "created_at", "last_used_at"]
+    fields = ["user", "name", "prefix", "digest", "created_at", "last_used_at", "expires_at"]
+    # expires_at is read-only: a later date would extend a token nobody re-issued; to cut
+    # one short, delete it.
+    readonly_fields = ["user", "prefix", "digest", "created_at", "last_used_at", "expires_at"]
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -1,6 +1,9 @@
-"""API authentication: `Authorization: Bearer <token>` checked against stored hashes."""
+"""API authentication: `Authorization: Bearer <token>` checked against stored hashes; an
+expired token (ApiToken.expires_at) is refused with 401."""
 
 from __future__ import annotations
+
+from datetime import UTC
 
 from django.utils import timezone
 from rest_framework import authentication, exceptions
@@ -21,6 +24,10 @@ class HashedTokenAuthentication(authentication.BaseAuthentication):
         token = ApiToken.objects.select_related("user").filter(digest=hash_token(raw)).first()
         if token is None or not token.user.is_active:
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
+        if token.has_expired():
+            # Say so, with the way out: "invalid" would send its owner hunting for a typo.
+            when = token.expires_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+            raise exceptions.AuthenticationFailed(f"token expired on {when}; issue a new one (manage.py issuetoken)")
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
         return token.user, token
 
