@@ -106,7 +106,7 @@ def test_a_member_queues_a_preset_within_a_budget_and_the_job_page_shows_it(clie
     "overrides, field",
     [
         ({"dataset": "no-such-folder"}, "dataset"),
-        ({"name": ""}, "name"),
+        ({"name": "\u200b"}, "name"),  # blank takes a default; nothing visible is refused
         ({"epochs": 0}, "epochs"),
         ({"preset": "cifar_huge"}, "preset"),
         ({"max_params": "lots"}, "max_params"),
@@ -121,3 +121,18 @@ def test_a_bad_train_request_names_the_field_and_writes_nothing(client, personas
     assert response.status_code == 400
     assert field in response.context["form"].errors
     assert not TrainingJob.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "data, name",
+    [
+        ({}, "alpha digits #0 at N=6 F=32"),
+        ({"preset": "cifar_final_cpu", "max_params": "50k"}, "alpha digits #0 at cifar_final_cpu within 50k params"),
+        ({"repeats": 3, "max_mult_adds": "600M"}, "alpha digits #0 at N=3 within 600M mult-adds"),
+    ],
+)
+def test_a_blank_name_says_the_recipe_and_the_size(client, personas, arch, data, name):
+    client.force_login(personas.member)
+    response = client.post(f"/architectures/{arch.id}/train", {"name": "", "dataset": "digits", **data})
+    assert response.status_code == 302, response.context and response.context["form"].errors
+    assert TrainingJob.objects.get().name == name

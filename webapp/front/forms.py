@@ -72,7 +72,9 @@ class SearchForm(forms.Form):
     errors come back on these fields (SEARCH_ERROR_FIELDS)."""
 
     team = forms.ModelChoiceField(queryset=Team.objects.none(), empty_label=None)
-    name = forms.CharField(max_length=200)
+    name = forms.CharField(
+        max_length=200, required=False, help_text="blank: named after the cell, the recipe and the size"
+    )
     preset = forms.ChoiceField(
         choices=PRESET_CHOICES,
         initial=DEFAULT_PRESET,
@@ -151,7 +153,9 @@ class TrainForm(forms.Form):
     Blank numbers take the preset's (without one: N=6, F=32, 600 epochs); the service
     judges the rest, and its errors come back on these fields."""
 
-    name = forms.CharField(max_length=200)
+    name = forms.CharField(
+        max_length=200, required=False, help_text="blank: named after the cell, the recipe and the size"
+    )
     preset = forms.ChoiceField(
         choices=[("", "the search's child recipe, scaled")]
         + [(key, f"{key}: {p.description}") for key, p in TRANSFER_PRESETS.items()],

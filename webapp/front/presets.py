@@ -142,8 +142,8 @@ def promote(
         if budget:
             recipe = {key: value for key, value in recipe.items() if key not in ("repeats", "filters") or key in given}
     if not name:
-        size = preset or f"N={recipe.get('repeats', '?')} F={recipe.get('filters', '?')}"
-        name = f"{search.name} #{architecture.sample_index} at {size}"[: services.NAME_MAX]
+        name = f"{search.name} #{architecture.sample_index} at {_size_words(preset, given, recipe, budget)}"
+        name = name[: services.NAME_MAX]
     return services.create_training_job(
         user=user,
         team=search.team,
@@ -155,3 +155,14 @@ def promote(
         preset=preset,
         budget=budget,
     )
+
+
+def _size_words(preset: str | None, given: dict, recipe: dict, budget: dict | None) -> str:
+    """How a job's default name says its size: "cifar_final_cpu N=4 within 50k params"."""
+    words = [preset] if preset else []
+    sizes = given if preset else recipe
+    words += [f"{label}={sizes[key]}" for key, label in (("repeats", "N"), ("filters", "F")) if key in sizes]
+    if budget:
+        limits = [f"{value} {key.removeprefix('max_').replace('_', '-')}" for key, value in budget.items()]
+        words.append("within " + ", ".join(limits))
+    return " ".join(words) or "scale"

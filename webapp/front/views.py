@@ -32,7 +32,7 @@ from nas_engine.space import SearchSpace, SpaceError
 from webapp.accounts.models import Team
 from webapp.front import charts
 from webapp.front.forms import SearchForm, SelectionForm, TrainForm
-from webapp.front.presets import DEFAULT_PRESET, PRESETS, SCALE_DEFAULTS, preset_initial, preset_spec, promote
+from webapp.front.presets import DEFAULT_PRESET, PRESETS, preset_initial, preset_spec, promote
 from webapp.live import events as live_events
 from webapp.live.models import SearchEvent
 from webapp.searches import models as m
@@ -445,8 +445,7 @@ def _render_architecture(request: HttpRequest, arch: Architecture, form: TrainFo
 def architecture_detail(request: HttpRequest, arch_id: int) -> HttpResponse:
     arch = _architecture(request, arch_id)
     dataset = arch.search.parsed_spec.dataset["name"]
-    n, f = SCALE_DEFAULTS["repeats"], SCALE_DEFAULTS["filters"]
-    form = TrainForm(initial={"name": f"{arch.search.name} #{arch.sample_index} at N={n} F={f}", "dataset": dataset})
+    form = TrainForm(initial={"dataset": dataset})
     return _render_architecture(request, arch, form)
 
 
