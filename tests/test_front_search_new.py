@@ -103,6 +103,7 @@ def test_an_outsider_cannot_submit_to_another_team(client, personas):
         ({"parallel": 10**6}, "parallel"),
         ({"spec_json": "{not json"}, "spec_json"),
         ({"spec_json": json.dumps({"child": {"epochs": 0}})}, "spec_json"),
+        ({"spec_json": json.dumps([1])}, "spec_json"),
         ({"spec_json": json.dumps({"budget": {"children": -1}})}, "spec_json"),
         # issue #12: what PostgreSQL's JSON column cannot store, and nesting json.loads cannot read
         ({"spec_json": '{"child": {"weight_decay": 1e400}}'}, "spec_json"),
@@ -160,3 +161,11 @@ def test_the_quota_is_reported_on_the_team_field(client, personas, settings):
     assert response.status_code == 400
     assert "quota" in response.context["form"].errors["team"][0]
     assert Search.objects.count() == 1
+
+
+def test_a_spec_json_that_is_not_an_object_names_the_spec_once(client, personas):
+    client.force_login(personas.owner)
+    response = client.post(URL, form_data(personas.alpha, spec_json="[1]"))
+    assert response.status_code == 400
+    errors = response.context["form"].errors["spec_json"]
+    assert any(e.startswith("spec: ") for e in errors) and not any("spec.spec" in e for e in errors), errors

@@ -88,7 +88,8 @@ def submit_search(*, user, team: Team, name: str, spec_data: object) -> m.Search
     try:
         spec = validate_spec(spec_data, data_root=settings.NAS_DATA_ROOT, limits=limits())
     except SpecError as exc:
-        raise ServiceError(f"spec.{exc.field}", exc.reason) from None
+        # The spec itself (not an object) is "spec", not "spec.spec".
+        raise ServiceError("spec" if exc.field == "spec" else f"spec.{exc.field}", exc.reason) from None
     with transaction.atomic():
         # Lock the team row so two concurrent submissions cannot both slip under the quota.
         Team.objects.select_for_update().get(pk=team.pk)

@@ -63,6 +63,7 @@
       setText("job-budget-fitted", "fitted: " + String(fitted.n_at_p) + " (F=" + String(fitted.filters) + "), " +
         count(fitted.params) + " params, " + count(fitted.mult_adds) + " mult-adds");
     }
+    if (num(j.attempt) !== null) setText("job-attempt", String(j.attempt));
     setText("job-params", count(j.params));
     setText("job-mult-adds", count(j.mult_adds));
     setText("job-wall-time", num(j.wall_time) === null ? "–" : j.wall_time.toFixed(1) + " s");
