@@ -37,6 +37,7 @@ from nas_engine.commands.options import (
 from nas_engine.commands.search import add_search_arguments, run_search_command
 from nas_engine.commands.train import run_train
 from nas_engine.data import DataError
+from nas_engine.early_stopping import EarlyStopError
 from nas_engine.genotype import Genotype, GenotypeError
 from nas_engine.model import ExportError, ModelInputError
 from nas_engine.network import MacroConfig, NetworkError
@@ -48,7 +49,7 @@ EXIT_BAD_INPUT = 2
 # The engine's FieldErrors a command can raise: printed as `error: <field>: <reason>`.
 BAD_INPUT = (
     GenotypeError, NetworkError, SpaceError, DataError, RecipeError, StrategyError, BundleError, ExportError,
-    ModelInputError,
+    ModelInputError, EarlyStopError,
 )  # fmt: skip
 
 

@@ -103,7 +103,12 @@ class Limits:
 def estimate_cost(genotype: Genotype, recipe: Recipe, shape, images: int) -> float:
     """mult-adds x images x epochs of training `genotype` with `recipe` on a data set of
     `shape` (num_classes, channels, image_size: a DatasetShape or DatasetSplit)."""
-    return float(forward_mult_adds(genotype, recipe, shape)) * images * recipe.epochs
+    return training_cost(forward_mult_adds(genotype, recipe, shape), images, recipe.epochs)
+
+
+def training_cost(mult_adds: int, images: int, epochs: int) -> float:
+    """The cost every limit on training compares: forward mult-adds x images x epochs."""
+    return float(mult_adds) * images * epochs
 
 
 def forward_mult_adds(genotype: Genotype, recipe: Recipe, shape) -> int:

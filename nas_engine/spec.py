@@ -40,7 +40,7 @@ from nas_engine.selection import (
     validate_noise_floor,
 )
 from nas_engine.space import SearchSpace, SpaceError
-from nas_engine.strategies import StrategyError, make_strategy
+from nas_engine.strategies import StrategyError, checked_settings, make_strategy
 from nas_engine.trainer import Recipe, RecipeError
 
 OBJECTIVES = ("accuracy", "synthetic")
@@ -278,11 +278,11 @@ def validate_spec(data: object, *, data_root: Path, limits: Limits | None = None
     )
     if limits is not None:
         _admit_search(spec, limits, Path(data_root))
-    try:  # builds the strategy once: unknown names and bad settings are caught here
-        built = spec.make_strategy()
+    try:  # unknown names and bad settings, without building the strategy (its controller)
+        resolved = checked_settings(spec.strategy, settings)
     except StrategyError as exc:
         raise SpecError(exc.field, exc.reason) from None
-    return SearchSpec(**{**spec.__dict__, "strategy_settings": dict(built.settings)})
+    return SearchSpec(**{**spec.__dict__, "strategy_settings": resolved})
 
 
 def _admit_search(spec: SearchSpec, limits: Limits, data_root: Path) -> None:

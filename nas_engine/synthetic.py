@@ -32,6 +32,21 @@ Optional: `noise` (std of Gaussian noise added to the reward, seeded by the seed
 genotype's canonical hash, so deterministic per architecture), `failure_rate` (share of
 architectures, likewise chosen by hash, whose evaluation fails: returns None) and
 `duration_s` (each call sleeps that long, to load-test workers).
+
+Learning curves, for early stopping (`curve`, `train`): the validation value after each of
+E epochs. The last one is exactly the reward above (`self(genotype)`: noise and failure
+included), so a search that trains every child in full sees nothing new. Before it,
+with R the noiseless reward and x = e / E,
+
+    value(e) = FLOOR + (R - FLOOR) * (1 - exp(-k x)) / (1 - exp(-k)) + curve_noise * N(0, 1)
+
+clipped to [0, 1]: a saturating curve from chance level (FLOOR, 10 classes) to R. The
+learning speed k is per architecture, log-normal (median SPEED_MEDIAN, log-std
+SPEED_SPREAD) and seeded by (seed, canonical hash), independent of R: a fast learner
+with a mediocre R leads a slow one with a better R early on, so curves cross and an
+early ranking is an imperfect guess of the final one, as with real children. The
+per-epoch noise is seeded by (seed, canonical hash, epoch): the same architecture has
+the same curve every time, in any thread.
 """
 
 from __future__ import annotations
@@ -52,6 +67,11 @@ REWARD_SHIFT = 0.5
 OP_STD, OP_KIND_STD, WIRING_STD, COMBINE_STD = 1.0, 0.6, 0.5, 0.5
 PAIR_RATE, PAIR_SIZE = 0.1, 1.5
 SAME_INPUT_MEAN, SAME_INPUT_STD = -0.5, 0.3
+# Learning curves: chance level, the median learning speed and the log-std of speeds.
+# With these, the rank correlation (Spearman) between an epoch's value and the final reward
+# of random architectures is 0.55 after 1 of 20 epochs, 0.68 after 3 and 0.9 after 10.
+FLOOR = 0.1
+SPEED_MEDIAN, SPEED_SPREAD = 3.0, 0.8
 
 
 def _kind(state: int) -> str:
@@ -69,11 +89,13 @@ class SyntheticObjective:
         noise: float = 0.0,
         failure_rate: float = 0.0,
         duration_s: float = 0.0,
+        curve_noise: float = 0.01,
     ):
-        if noise < 0 or not 0 <= failure_rate <= 1 or duration_s < 0:
-            raise ValueError("noise and duration_s must be >= 0 and failure_rate in [0, 1]")
+        if noise < 0 or not 0 <= failure_rate <= 1 or duration_s < 0 or curve_noise < 0:
+            raise ValueError("noise, curve_noise and duration_s must be >= 0 and failure_rate in [0, 1]")
         self.space = space or SearchSpace()
         self.seed, self.noise, self.failure_rate, self.duration_s = seed, noise, failure_rate, duration_s
+        self.curve_noise = curve_noise
         self._tables = {cell: _draw_tables(random.Random(f"{seed}:{cell}")) for cell in CELL_TYPES}
         self._mean, variance = 0.0, 0.0
         self._best_blocks: dict[str, list[Block]] = {}
@@ -125,6 +147,9 @@ class SyntheticObjective:
         same failure (a failing architecture fails on every draw)."""
         if self.duration_s:
             time.sleep(self.duration_s)
+        return self._final(genotype, draw)
+
+    def _final(self, genotype: Genotype, draw: int = 0) -> float | None:
         if not (self.noise or self.failure_rate):
             return self.reward(genotype)
         rng = random.Random(f"{self.seed}:{genotype.canonical_hash()}")
@@ -133,6 +158,45 @@ class SyntheticObjective:
         if draw:
             rng = random.Random(f"{self.seed}:{genotype.canonical_hash()}:{draw}")
         return min(1.0, max(0.0, self.reward(genotype) + self.noise * rng.gauss(0.0, 1.0)))
+
+    def speed(self, genotype: Genotype) -> float:
+        """The architecture's learning speed k (see the module doc)."""
+        rng = random.Random(f"{self.seed}:{genotype.canonical_hash()}:speed")
+        return SPEED_MEDIAN * math.exp(SPEED_SPREAD * rng.gauss(0.0, 1.0))
+
+    def curve(self, genotype: Genotype, epochs: int) -> list[float] | None:
+        """The validation value after each of `epochs` epochs (the last is `self(genotype)`),
+        or None for an architecture whose evaluation fails. No sleeping: see `train`."""
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+        final = self._final(genotype)
+        if final is None:
+            return None
+        h, r = genotype.canonical_hash(), self.reward(genotype)
+        k = self.speed(genotype)
+        scale = (r - FLOOR) / -math.expm1(-k)
+        values = []
+        for epoch in range(1, epochs):
+            noise = random.Random(f"{self.seed}:{h}:epoch:{epoch}").gauss(0.0, 1.0)
+            mean = FLOOR + scale * -math.expm1(-k * epoch / epochs)
+            values.append(min(1.0, max(0.0, mean + self.curve_noise * noise)))
+        return values + [final]
+
+    def train(self, genotype: Genotype, epochs: int, on_epoch=None) -> float | None:
+        """Stand in for training a child: report each epoch's value to `on_epoch(epoch,
+        value)`, which returns False to stop it there; `duration_s` is spread over the
+        epochs. Returns the final reward, or None when it failed or was stopped."""
+        values = self.curve(genotype, epochs)
+        if values is None:
+            if self.duration_s:
+                time.sleep(self.duration_s / epochs)  # a failure shows up after an epoch or so
+            return None
+        for epoch, value in enumerate(values, start=1):
+            if self.duration_s:
+                time.sleep(self.duration_s / epochs)
+            if on_epoch is not None and on_epoch(epoch, value) is False:
+                return None
+        return values[-1]
 
     def optimum(self) -> tuple[Genotype, float]:
         """The best genotype of the space and its (noiseless) reward, exactly."""

@@ -79,8 +79,10 @@ def test_filters_narrow_the_lists(client, personas, search, selection, url, para
 
 
 def test_the_search_page_shows_counters_checkpoint_size_and_links_to_architectures(client, personas, search):
-    search.checkpoint = b"x" * 3000
-    search.save()
+    from webapp.searches.models import StrategyCheckpointPart
+
+    StrategyCheckpointPart.objects.create(search=search, key="envelope", digest="a", data=b"x" * 1000)
+    StrategyCheckpointPart.objects.create(search=search, key="state.rng", digest="b", data=b"x" * 2000)
     client.force_login(personas.staff)
     body = client.get(f"/admin/searches/search/{search.id}/change/").content.decode()
     assert "2.9 KiB" in body

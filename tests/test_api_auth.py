@@ -31,6 +31,26 @@ def test_a_good_token_authenticates_its_user(client, personas):
     assert token.last_used_at is not None
 
 
+def test_last_used_is_written_at_most_once_a_minute(client, personas):
+    """Written on every call, the token row serialised the clients sharing it."""
+    from datetime import timedelta
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    token, raw = ApiToken.issue(personas.member)
+    client.get("/api/teams", **bearer(raw))
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get("/api/teams", **bearer(raw)).status_code == 200
+    assert not [q for q in queries if q["sql"].startswith("UPDATE") and "apitoken" in q["sql"]]
+    old = timezone.now() - timedelta(minutes=2)
+    ApiToken.objects.filter(pk=token.pk).update(last_used_at=old)
+    client.get("/api/teams", **bearer(raw))
+    token.refresh_from_db()
+    assert token.last_used_at > old
+
+
 def test_the_token_keyword_is_also_accepted(client, personas):
     _, raw = ApiToken.issue(personas.member)
     assert client.get("/api/teams", HTTP_AUTHORIZATION=f"Token {raw}").status_code == 200

@@ -98,6 +98,15 @@ def test_describe_accepts_a_genotype_file(tmp_path):
         (["search", "--settings", '{"lr": -1}', "--objective", "synthetic"], "lr"),
         (["search", "--ops", "conv_9x9", "--objective", "synthetic"], "space.ops"),
         (["search", "--resume", "/nonexistent.pt"], "--resume"),
+        (
+            ["search", "--objective", "synthetic", "--early-stop", "asha", "--reduction-factor", "1"],
+            "error: early_stop.reduction_factor: must be an integer >= 2, got 1",
+        ),
+        (
+            ["search", "--objective", "synthetic", "--early-stop", "median", "--min-epochs", "3"],
+            "error: early_stop.min_epochs: must be below the children's 3 epochs",
+        ),
+        (["search", "--objective", "synthetic", "--min-peers", "0"], "early_stop.min_peers"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_status_2(args, message):
@@ -184,3 +193,63 @@ def test_a_real_search_on_digits_records_every_child(tmp_path):
     rows = [json.loads(line) for line in (out / "children.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["status"] in ("ok", "reused") for r in rows)
     assert json.loads((out / "best_genotype.json").read_text()) == summary["best_genotype"]
+
+
+def test_a_synthetic_search_with_early_stopping_reports_the_epochs_it_trained(tmp_path):
+    common = ["search", "--objective", "synthetic", "--strategy", "random", "--children", "60", "--epochs", "9"]
+    full = run(*common, "--json")
+    asha = run(*common, "--json", "--early-stop", "asha", "--output", str(tmp_path / "asha"))
+    assert full.returncode == 0 and asha.returncode == 0, asha.stderr
+    full, asha = json.loads(full.stdout), json.loads(asha.stdout)
+    assert full["epochs_trained"] == 60 * 9 and full["stopped"] == 0 and full["early_stop"]["rule"] == "none"
+    assert asha["epochs_trained"] < full["epochs_trained"] / 2
+    assert asha["completed"] + asha["stopped"] + asha["failed"] == 60 and asha["stopped"] > 0
+    assert asha["early_stop"] == {
+        "rule": "asha",
+        "min_epochs": 1,
+        "reduction_factor": 3,
+        "min_peers": 3,
+        "stopped_reward": "rung",
+    }
+    rows = [json.loads(line) for line in (tmp_path / "asha" / "children.jsonl").read_text().splitlines()]
+    assert sum(r["epochs"] for r in rows) == asha["epochs_trained"]
+    assert {r["stopped_at"] for r in rows if r["status"] == "stopped"} <= {1, 3}
+    best = max(r["reward"] for r in rows if r["status"] == "ok")
+    assert asha["best_reward"] == best  # the best final reward, never a rung value
+
+
+def test_a_search_with_early_stopping_resumes_with_the_checkpoints_settings(tmp_path):
+    ckpt = tmp_path / "search.pt"
+    common = ["search", "--objective", "synthetic", "--strategy", "evolution", "--json", "--epochs", "9"]
+    stopping = ["--early-stop", "median", "--min-epochs", "2"]
+    assert run(*common, *stopping, "--children", "30", "--checkpoint", str(ckpt)).returncode == 0
+    refused = run(*common, "--early-stop", "asha", "--children", "60", "--resume", str(ckpt))
+    assert refused.returncode == 2 and "checkpoint.early_stop" in refused.stderr
+    resumed = run(*common, "--children", "60", "--resume", str(ckpt))
+    assert resumed.returncode == 0, resumed.stderr
+    straight = json.loads(run(*common, *stopping, "--children", "60").stdout)
+    resumed = json.loads(resumed.stdout)
+    assert resumed["early_stop"] == straight["early_stop"]
+    for key in ("best_reward", "epochs_trained", "stopped", "best_genotype"):
+        assert resumed[key] == straight[key]
+
+
+@pytest.mark.slow
+def test_a_real_search_stops_the_same_children_with_parallel_children(tmp_path):
+    """Trained children wait at a rung for earlier ones, handing them the cores: the result
+    is the sequential search's, child for child."""
+
+    def search(parallel):
+        out = tmp_path / f"parallel{parallel}"
+        result = run(
+            "search", "--strategy", "random", "--children", "4", "-N", "1", "-F", "4", "--epochs", "3",
+            "--subset-per-class", "60", "--early-stop", "asha", "--parallel", parallel,
+            "--cache-dir", str(tmp_path / "cache"), "--output", str(out), "--json",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        rows = [json.loads(line) for line in (out / "children.jsonl").read_text().splitlines()]
+        return json.loads(result.stdout), [(r["id"], r["status"], r["reward"], r["epochs"]) for r in rows]
+
+    (sequential, rows), (parallel, parallel_rows) = search(1), search(2)
+    assert parallel_rows == rows and parallel["epochs_trained"] == sequential["epochs_trained"]
+    assert sequential["stopped"] > 0 and sequential["epochs_trained"] < 4 * 3

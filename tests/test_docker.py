@@ -6,11 +6,14 @@ set is read by the code, and every variable the code reads is documented in env.
 in docs/operations.md with its true default; volumes are declared and mounted where the
 settings point; each GPU service reserves its own device; the images build from files that
 exist, on the project's Python, with requirements.txt's torch pin; the web healthcheck
-passes and fails when it should.
+passes and fails when it should. Migrations run once, in a one-off service that everything
+using the schema waits for; the web service runs several server processes, and its command
+line, started here, serves pages and websockets from each of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import http.server
 import json
@@ -20,7 +23,9 @@ import secrets
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 import tomllib
 from pathlib import Path
 
@@ -39,6 +44,9 @@ CUDA_DOCKERFILE = "docker/Dockerfile.cuda"
 # Read by docker compose itself (interpolation, profiles), never by the application.
 COMPOSE_ONLY = {"COMPOSE_PROFILES", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "WEB_BIND"}
 COMPOSE_ONLY |= {"DATA_VOLUME", "ARTIFACTS_VOLUME"}
+# Read by the web server program (uvicorn, when the image's CMD runs it) and by compose for the
+# web service's command; never by the application.
+SERVER_VARS = {"WEB_CONCURRENCY"}
 # Read by the code but set by the code for itself (python -m workers pins each gpu-queue worker
 # with CUDA_VISIBLE_DEVICES): nothing to document.
 NOT_A_SETTING = {"DJANGO_SETTINGS_MODULE", "CUDA_VISIBLE_DEVICES"}
@@ -183,6 +191,8 @@ def check_program(argv: list[str], capsys) -> str:
         module, _, attr = args.application.partition(":")
         assert hasattr(importlib.import_module(module), attr), f"{args.application} does not exist"
         return args.application
+    if argv[:1] == ["uvicorn"]:
+        return uvicorn_options(argv)["app"]
     if argv[:1] == ["celery"]:
         assert argv[1:3] == ["-A", "workers"], argv
         from workers import app
@@ -195,6 +205,34 @@ def check_program(argv: list[str], capsys) -> str:
         assert local.is_file(), f"{argv[1]}: no such file in the repository (the image copies it to /app)"
         return str(local)
     pytest.fail(f"unknown program in a container command: {argv}")
+
+
+def uvicorn_options(argv: list[str]) -> dict:
+    """uvicorn's own parsing of `argv` (nothing is started). Fails unless the application and
+    every implementation the options name (event loop, HTTP, websockets) import here."""
+    import importlib
+
+    from uvicorn.config import HTTP_PROTOCOLS, LOOP_FACTORIES, WS_PROTOCOLS
+    from uvicorn.importer import import_from_string
+    from uvicorn.main import main
+
+    assert argv[0] == "uvicorn", argv
+    try:
+        params = main.make_context("uvicorn", list(argv[1:])).params
+    except Exception as exc:  # noqa: BLE001 - click's usage errors, whatever their class
+        pytest.fail(f"uvicorn refuses {argv[1:]}: {exc}")
+    module, _, attr = params["app"].partition(":")
+    assert hasattr(importlib.import_module(module), attr), f"{params['app']} does not exist"
+    for table, name in ((LOOP_FACTORIES, "loop"), (HTTP_PROTOCOLS, "http"), (WS_PROTOCOLS, "ws")):
+        assert table.get(params[name]), f"--{name}={params[name]}: not an implementation uvicorn has"
+        import_from_string(table[params[name]])  # ImportError: its package is not installed
+    return params
+
+
+def command_of(service: str, env: dict[str, str] | None = None) -> list[str]:
+    """A service's command as compose runs it: ${...} filled from `env` (default: nothing set,
+    so compose's defaults)."""
+    return [interpolate(word, env or {}) for word in as_argv(SERVICES[service]["command"])]
 
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
@@ -235,8 +273,8 @@ def volume_source(entry: str) -> tuple[str, str, bool]:
 
 # -- compose: services and their commands --------------------------------------------------------
 def test_compose_parses_with_every_service_the_deployment_needs():
-    assert {"postgres", "redis", "web", "controller", "beat", "gpu0", "gpu1", "cpu-worker"} <= set(SERVICES)
-    assert set(OURS) == {"web", "controller", "beat", "gpu0", "gpu1", "cpu-worker"}
+    assert {"postgres", "redis", "migrate", "web", "controller", "beat", "gpu0", "gpu1", "cpu-worker"} <= set(SERVICES)
+    assert set(OURS) == {"migrate", "web", "controller", "beat", "gpu0", "gpu1", "cpu-worker"}
     for name in OURS:
         assert SERVICES[name]["env_file"] == [{"path": ".env", "required": True}], name
         assert SERVICES[name]["build"]["context"] == "..", name
@@ -246,19 +284,236 @@ def test_compose_parses_with_every_service_the_deployment_needs():
 
 @pytest.mark.parametrize("service", OURS)
 def test_every_service_command_exists_in_the_code(service, capsys):
-    for argv in segments(as_argv(SERVICES[service]["command"])):
+    for argv in segments(command_of(service)):
         check_program(argv, capsys)
 
 
-def test_the_web_service_migrates_then_serves_the_asgi_application(capsys):
-    steps = segments(as_argv(SERVICES["web"]["command"]))
-    assert [check_program(argv, capsys) for argv in steps] == ["migrate", "webapp.asgi:application"]
+def migrates(service: str) -> bool:
+    return any(argv[:3] == ["python", "manage.py", "migrate"] for argv in segments(command_of(service)))
+
+
+def test_migrations_run_once_in_a_one_off_service(capsys):
+    migrate = SERVICES["migrate"]
+    steps = segments(command_of("migrate"))
+    assert [check_program(argv, capsys) for argv in steps] == ["migrate"]
     assert "--noinput" in steps[0]
-    daphne = steps[1]
-    assert daphne[daphne.index("-b") + 1] == "0.0.0.0"
-    port = daphne[daphne.index("-p") + 1]
+    # It runs to completion once per `up` and stays down: no restart, no health to report,
+    # nothing to publish, and only one of it, however the web tier is scaled.
+    assert migrate["restart"] == "no"
+    assert "healthcheck" not in migrate and "ports" not in migrate
+    assert migrate.get("deploy", {}).get("replicas", 1) == 1
+    assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert [name for name in OURS if migrates(name)] == ["migrate"], "only the migrate service migrates"
+
+
+def test_everything_that_uses_the_schema_waits_for_the_migrations():
+    healthy, migrated = {"condition": "service_healthy"}, {"condition": "service_completed_successfully"}
+    for name in OURS:
+        if name == "migrate":
+            continue
+        # Not the web service: the workers need a migrated database, not a web server, and
+        # waiting for web's health would hold them up for its start_period.
+        assert SERVICES[name]["depends_on"] == {"postgres": healthy, "redis": healthy, "migrate": migrated}, name
+
+
+def test_the_web_service_serves_the_asgi_application_in_web_concurrency_processes(capsys):
+    (argv,) = segments(command_of("web"))
+    assert check_program(argv, capsys) == "webapp.asgi:application"
+    options = uvicorn_options(argv)
+    shown, active = EXAMPLE["WEB_CONCURRENCY"]
+    assert not active and options["workers"] == int(shown) >= 2, "env.example shows compose's default"
+    assert uvicorn_options(command_of("web", {"WEB_CONCURRENCY": "5"}))["workers"] == 5
+    assert options["host"] == "0.0.0.0"
+    port = str(options["port"])
     assert [p.rsplit(":", 1)[1] for p in SERVICES["web"]["ports"]] == [port]
     assert f":{port}/" in SERVICES["web"]["healthcheck"]["test"][-1]
+    # The client's address and scheme are the socket's, as under daphne: only Django, with
+    # DJANGO_BEHIND_PROXY, decides whether to believe X-Forwarded-* (and whose).
+    assert options["proxy_headers"] is False
+    # Django has no lifespan handler (Channels' router refuses the scope).
+    assert options["lifespan"] == "off"
+
+
+def test_uvicorn_takes_its_process_count_from_web_concurrency(monkeypatch):
+    from uvicorn.config import Config
+
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    assert Config("webapp.asgi:application").workers == 3
+    monkeypatch.delenv("WEB_CONCURRENCY")
+    assert Config("webapp.asgi:application").workers == 1
+
+
+def test_the_image_runs_the_web_server_as_the_web_service_does():
+    """The CMD is compose's web command without --workers (uvicorn reads WEB_CONCURRENCY)."""
+    instructions = dockerfile_instructions(DOCKERFILES["docker/Dockerfile"])
+    (cmd,) = [json.loads(args) for instruction, args in instructions if instruction == "CMD"]
+    image, service = uvicorn_options(cmd), uvicorn_options(command_of("web"))
+    assert not any(word.startswith("--workers") for word in cmd)
+    assert {k: v for k, v in image.items() if k != "workers"} == {k: v for k, v in service.items() if k != "workers"}
+
+
+# -- the web service's command, running ----------------------------------------------------------
+def child_processes(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+    return out
+
+
+def socket_holder(pids: list[int], server_port: int, client_port: int) -> int | None:
+    """Which of `pids` holds the server's end of the connection 127.0.0.1:client_port ->
+    server_port (Linux /proc: the socket's inode, then the process with a descriptor on it)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
+            if (local, remote) == (server_port, client_port):
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in inodes:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+class Session:
+    """Cookies by hand (they are Secure with DEBUG off) over plain HTTP to 127.0.0.1."""
+
+    def __init__(self, port: int):
+        self.port, self.cookies = port, {}
+
+    def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None):
+        import http.client
+        import urllib.parse
+        from http.cookies import SimpleCookie
+
+        headers = dict(headers or {})
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        data = None
+        if body is not None:
+            data = urllib.parse.urlencode(body).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn.request(method, path, body=data, headers=headers)
+        response = conn.getresponse()
+        text = response.read().decode(errors="replace")
+        for header in response.headers.get_all("Set-Cookie") or []:
+            self.cookies.update({k: m.value for k, m in SimpleCookie(header).items()})
+        return response.status, text
+
+    def login(self, username: str, password: str, headers: dict | None = None) -> int:
+        _, html = self.request("GET", "/accounts/login/")
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)[1]
+        form = {"username": username, "password": password, "csrfmiddlewaretoken": token}
+        return self.request("POST", "/accounts/login/", form, headers)[0]
+
+
+def web_service_environment() -> dict[str, str]:
+    """What the web service's `environment:` sets beyond where the database and Redis are."""
+    own = {k: interpolate(str(v), {}) for k, v in SERVICES["web"]["environment"].items()}
+    return {k: v for k, v in own.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_web_command_serves_pages_and_websockets_from_each_of_its_processes(personas, settings):
+    """compose's web command itself, with 2 processes and the web service's environment (its
+    database pool), on the test database: the login form, a page, and websockets held by both
+    processes, each getting an event that another process (this one, as a worker would)
+    publishes. X-Forwarded-* sent by a client on 127.0.0.1 change nothing without
+    DJANGO_BEHIND_PROXY: neither the address login throttling counts nor the scheme (a request
+    taken for HTTPS would fail CSRF's Referer check)."""
+    from axes.models import AccessAttempt
+    from django.db import connection
+    from websockets.sync.client import connect
+
+    from nas_engine.spec import validate_spec
+    from tests.celery_worker import worker_env
+    from tests.e2e_support import free_port
+    from webapp.live import events as live
+    from webapp.searches import models as m
+
+    spec = validate_spec({"dataset": "digits"}, data_root=settings.NAS_DATA_ROOT).to_dict()
+    search = m.Search.objects.create(
+        team=personas.alpha, owner=personas.owner, name="served", spec=spec, status=m.RUNNING, children_total=4
+    )
+    processes, port = 2, free_port()
+    argv = command_of("web", {"WEB_CONCURRENCY": str(processes)})
+    argv = [f"--port={port}" if w.startswith("--port=") else w for w in argv]
+    argv = ["--host=127.0.0.1" if w.startswith("--host=") else w for w in argv]
+    argv[0] = str(Path(sys.executable).parent / argv[0])
+    env = worker_env(
+        connection.settings_dict["NAME"],
+        settings.REDIS_URL,  # this process publishes on the channel layer the server listens to
+        DJANGO_DEBUG="0",
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        DJANGO_SECURE_SSL_REDIRECT="0",
+        DJANGO_BEHIND_PROXY="0",
+        DJANGO_ALLOWED_HOSTS="127.0.0.1",
+        NAS_LOG_LEVEL="WARNING",
+        **web_service_environment(),
+    )
+    log = Path(tempfile.mkstemp(prefix="web-command-", suffix=".log")[1])
+    with open(log, "wb") as out:
+        server = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def ready() -> bool:
+        # Every process has imported the application (uvicorn says so after the import), and
+        # the port answers.
+        if log.read_text().count("Started server process") < processes:
+            return False
+        try:
+            return Session(port).request("GET", "/healthz")[0] == 200
+        except OSError:
+            return False
+
+    sockets, workers, stack = [], [], contextlib.ExitStack()
+    try:
+        deadline = time.monotonic() + 180
+        while not ready():
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+        # Its processes that serve (multiprocessing's spawn), not the resource tracker.
+        workers = [
+            pid for pid in child_processes(server.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(workers) == processes, (workers, log.read_text()[-3000:])
+
+        spoofed = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+        browser = Session(port)
+        assert browser.login("owner", "wrong-password", spoofed) == 200  # the form again, not 403
+        assert list(AccessAttempt.objects.values_list("ip_address", flat=True)) == ["127.0.0.1"]
+        assert browser.login("owner", "pw-owner-123", spoofed) == 302
+        status, html = browser.request("GET", f"/searches/{search.id}")
+        assert status == 200 and "served" in html
+
+        holders = set()
+        url, origin = f"ws://127.0.0.1:{port}/ws/searches/{search.id}/", f"http://127.0.0.1:{port}"
+        cookie = {"Cookie": f"sessionid={browser.cookies['sessionid']}"}
+        while len(holders) < processes and len(sockets) < 24:  # the kernel picks the process
+            ws = stack.enter_context(connect(url, origin=origin, additional_headers=cookie, open_timeout=30))
+            sockets.append(ws)
+            ws.send(json.dumps({"type": "catch_up", "after": 0}))
+            holders.add(socket_holder(workers, port, ws.local_address[1]))
+        assert holders == set(workers), f"{len(sockets)} websockets, held by {holders} of {workers}"
+
+        (message,) = live.publish(search.id, *live.status(search))
+        for ws in sockets:
+            assert json.loads(ws.recv(timeout=15))["seq"] == message["seq"]
+    finally:
+        stack.close()
+        server.terminate()
+        server.wait(30)
+    assert server.returncode == 0 and not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    log.unlink()
 
 
 def test_worker_roles_cover_the_queues_and_beat_runs_exactly_once():
@@ -325,7 +580,7 @@ def test_the_cpu_worker_consumes_the_gpu_queue_without_a_gpu(capsys, monkeypatch
 
 
 # -- healthchecks --------------------------------------------------------------------------------
-def test_postgres_redis_and_web_have_healthchecks_and_the_workers_wait_for_them():
+def test_postgres_redis_and_web_have_healthchecks():
     assert "pg_isready" in SERVICES["postgres"]["healthcheck"]["test"][-1]
     redis = SERVICES["redis"]["healthcheck"]["test"][-1]
     assert "redis-cli ping" in redis
@@ -333,11 +588,6 @@ def test_postgres_redis_and_web_have_healthchecks_and_the_workers_wait_for_them(
     assert SERVICES["redis"]["environment"]["REDISCLI_AUTH"] == "${REDIS_PASSWORD}"
     assert "--requirepass" in SERVICES["redis"]["command"]
     assert SERVICES["web"]["healthcheck"]["test"][0] == "CMD"
-    healthy = {"condition": "service_healthy"}
-    assert SERVICES["web"]["depends_on"] == {"postgres": healthy, "redis": healthy}
-    for name in OURS:
-        if name != "web":
-            assert SERVICES[name]["depends_on"] == {"postgres": healthy, "redis": healthy, "web": healthy}, name
 
 
 @pytest.mark.parametrize("service", [name for name in OURS if "healthcheck" in SERVICES[name]])
@@ -455,9 +705,15 @@ def test_the_scan_finds_what_the_code_reads():
 
 
 def test_every_variable_env_example_sets_is_read_by_the_code_or_by_compose():
-    unknown = set(EXAMPLE) - READ - COMPOSE_ONLY
+    unknown = set(EXAMPLE) - READ - COMPOSE_ONLY - SERVER_VARS
     assert not unknown, f"env.example sets variables nothing reads: {sorted(unknown)}"
     assert not (COMPOSE_ONLY & READ), "a compose-only variable is read by the code: move it"
+    assert not (SERVER_VARS & READ), "a web server variable is read by the code: move it"
+    assert set(EXAMPLE) >= SERVER_VARS
+    text = (DOCKER / "compose.yaml").read_text()
+    for name in SERVER_VARS:
+        assert "${" + name in " ".join(as_argv(SERVICES["web"]["command"])), f"the web command ignores {name}"
+        assert text.count("${" + name) == 1, f"{name} is for the web service only"
 
 
 def test_every_variable_the_code_reads_is_documented_in_env_example():
@@ -491,7 +747,7 @@ def test_every_documented_setting_is_in_the_operations_table():
     # The first cell of a table row may name several variables: | `NAS_LEASE_SECONDS` / `NAS_MAX_ATTEMPTS` |
     first_cells = [line.split("|")[1] for line in doc.splitlines() if line.startswith("| `")]
     rows = {name for cell in first_cells for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", cell)}
-    missing = {name for name in READ - NOT_A_SETTING if not RUNTIME_VARS.match(name)} | COMPOSE_ONLY
+    missing = {name for name in READ - NOT_A_SETTING if not RUNTIME_VARS.match(name)} | COMPOSE_ONLY | SERVER_VARS
     missing -= rows
     assert not missing, f"docs/operations.md has no table row for {sorted(missing)}"
 
@@ -519,14 +775,33 @@ def load_settings(env: dict[str, str]) -> dict[str, str]:
     return json.loads(result.stdout)
 
 
-def test_env_example_defaults_are_the_code_defaults():
-    """Uncommenting a "# NAME=default" line of env.example changes no setting."""
-    env = container_env("web", example_env())
+@pytest.mark.parametrize("service", ["web", "controller"])
+def test_env_example_defaults_are_the_code_defaults(service):
+    """Uncommenting a "# NAME=default" line of env.example changes no setting of a container
+    (but for the variables its service's `environment:` sets, which win over docker/.env)."""
+    env = container_env(service, example_env())
     app_env = {k: v for k, v in env.items() if k in READ}
     shown = {k: v for k, (v, active) in EXAMPLE.items() if not active and k in READ}
-    defaults = {k: v for k, v in shown.items() if k not in NOT_THE_CODE_DEFAULT}
+    own = set(SERVICES[service].get("environment") or {})
+    defaults = {k: v for k, v in shown.items() if k not in NOT_THE_CODE_DEFAULT and k not in own}
     assert defaults, "env.example shows no defaults"
     assert load_settings(app_env) == load_settings({**app_env, **defaults})
+
+
+def test_the_web_service_pools_its_database_connections_and_no_other_service_does():
+    size = int(SERVICES["web"]["environment"]["DATABASE_POOL_SIZE"])
+    assert size * int(EXAMPLE["WEB_CONCURRENCY"][0]) <= 50, "half of PostgreSQL's max_connections at most"
+    pools = {}
+    for name in OURS:
+        databases = load_settings(container_env(name, example_env()))["DATABASES"]
+        pools[name] = f"'pool': {{'min_size': 1, 'max_size': {size}," in databases
+        # Django refuses a pool beside persistent connections; the pool keeps them instead.
+        assert not pools[name] or "'CONN_MAX_AGE': 0" in databases, databases
+    assert pools == {name: name == "web" for name in OURS}
+    # The workers keep persistent connections of their own (workers/__init__.py); even a
+    # DATABASE_CONN_MAX_AGE in docker/.env does not stop the web service's pool.
+    databases = load_settings({**container_env("web", example_env()), "DATABASE_CONN_MAX_AGE": "600"})["DATABASES"]
+    assert "'pool'" in databases and "'CONN_MAX_AGE': 0" in databases
 
 
 def test_the_compose_environment_passes_the_deploy_checks():
@@ -580,7 +855,7 @@ def test_volumes_are_declared_and_mounted_where_the_settings_point():
     for name in ("controller", "gpu0", "gpu1", "cpu-worker"):
         # data read-only; bundles and the decoded cache written
         assert mounts(name) == {"/data": True, "/artifacts": False, "/cache": False}, name
-    assert mounts("beat") == {}
+    assert mounts("beat") == mounts("migrate") == {}
 
 
 def test_the_data_and_artifacts_volumes_can_be_host_folders():

@@ -2,9 +2,11 @@
 
 Signal handlers are called directly with what Celery passes them (a consumer, the real
 task objects with a request pushed), the reaper marks silent workers lost, the staff page
-and its JSON show workers, queue depths and the task in flight; one test starts a real
-`celery worker` subprocess that registers itself and shows the child it trains. The
-broker is a Redis database of this module's own (flushed before each test).
+and its JSON show workers, their processes, queue depths and the task in flight. Real
+`celery worker` subprocesses register themselves and show the child they train; prefork
+ones show each pool process as itself, forget the processes that exited, and stay online
+while a pool process trains though their main process is silent. The broker is a Redis
+database of this module's own (flushed before each test).
 """
 
 from __future__ import annotations
@@ -114,26 +116,30 @@ def first_run(search):
 
 # -- signal handlers ------------------------------------------------------------------------------
 def test_a_worker_registers_shows_its_task_and_goes_offline(db, search, no_heartbeat_thread, logs):
-    from webapp.fleet.models import Worker
-    from workers import fleet, tasks
+    from webapp.fleet.models import Worker, WorkerProcess
+    from workers import fleet, leases, tasks
 
-    fleet.on_worker_ready(sender=consumer("cpu@box", "gpu"))
+    fleet.on_worker_ready(sender=consumer("cpu@box", "gpu"))  # no prefork pool: tasks run in this process
     w = Worker.objects.get(hostname="cpu@box")
-    assert (w.queues, w.device, w.status, w.pid, w.task_name) == ("gpu", "CPU", "online", os.getpid(), "")
+    assert (w.queues, w.device, w.status, w.pid) == ("gpu", "CPU", "online", os.getpid())
     assert f"worker cpu@box online: queues gpu, device CPU, pid {os.getpid()}" in messages(logs, "nasnet.fleet")
+    (proc,) = w.processes.all()
+    # Named as the leases this process claims name their owner.
+    assert (proc.identity, proc.pid, proc.index, proc.task_name) == (leases.worker_id(), os.getpid(), None, "")
 
     run = first_run(search)
     steps = run_task(tasks.train_child, "cpu@box", run.id)
     next(steps)
-    w.refresh_from_db()
-    assert (w.task_name, w.task_object_id) == ("train_child", run.id) and w.task_started_at is not None
+    proc.refresh_from_db()
+    assert (proc.task_name, proc.task_object_id) == ("train_child", run.id) and proc.task_started_at is not None
     next(steps, None)
-    w.refresh_from_db()
-    assert (w.task_name, w.task_object_id, w.task_started_at, w.tasks_done) == ("", None, None, 1)
+    proc.refresh_from_db()
+    assert (proc.task_name, proc.task_object_id, proc.task_started_at, proc.tasks_done) == ("", None, None, 1)
 
     fleet.on_worker_shutdown(sender=SimpleNamespace(hostname="cpu@box"))
     w.refresh_from_db()
     assert w.status == "offline"
+    assert not WorkerProcess.objects.exists() and w.tasks_done == 1  # its processes' count stays with it
     assert "worker cpu@box offline (shut down)" in messages(logs)
     assert "cpu@box" not in fleet._heartbeats
 
@@ -169,6 +175,32 @@ def test_heartbeats_keep_a_worker_online_and_bring_a_lost_one_back(db, logs):
     assert Worker.objects.get(hostname="gpu1@box").pid == 2
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_heartbeat_goes_on_while_the_device_is_probed(monkeypatch):
+    """Probing a GPU (a subprocess importing torch and initialising CUDA, with a 120 s
+    timeout) can take longer than LOST_AFTER_SECONDS: beats must not wait for it."""
+    from webapp.fleet.models import Worker
+    from workers import fleet
+
+    monkeypatch.setattr(fleet, "DEVICE_PROBE", "import time; time.sleep(4); print('NVIDIA Slow GPU')")
+    old = timezone.now() - timedelta(hours=1)
+    Worker.objects.create(hostname="gpu9@box", queues="gpu", last_seen=old)
+    heartbeat = fleet.Heartbeat("gpu9@box", ["gpu"], None, interval=0.2)
+    heartbeat.start()
+    try:
+        deadline = time.monotonic() + 3.0  # the probe is still running
+        while not Worker.objects.filter(hostname="gpu9@box", last_seen__gt=old).exists():
+            assert time.monotonic() < deadline, "no heartbeat while the device was probed"
+            time.sleep(0.05)
+        assert Worker.objects.get(hostname="gpu9@box").device == ""
+        deadline = time.monotonic() + 30.0
+        while Worker.objects.get(hostname="gpu9@box").device != "NVIDIA Slow GPU":
+            assert time.monotonic() < deadline, "the probe's answer was not written"
+            time.sleep(0.1)
+    finally:
+        heartbeat.stop()
+
+
 def test_a_failing_fleet_write_never_breaks_the_task(db, monkeypatch, logs):
     from django.db import DatabaseError
 
@@ -178,6 +210,7 @@ def test_a_failing_fleet_write_never_breaks_the_task(db, monkeypatch, logs):
         raise DatabaseError("connection lost")
 
     monkeypatch.setattr(fleet, "_workers", broken)
+    monkeypatch.setattr(fleet, "_processes", broken)
     steps = run_task(tasks.train_child, "gpu0@box", 7)
     next(steps)
     next(steps, None)
@@ -188,12 +221,20 @@ def test_a_failing_fleet_write_never_breaks_the_task(db, monkeypatch, logs):
 
 
 def test_tasks_run_outside_a_worker_touch_no_row(db):
-    from webapp.fleet.models import Worker
+    from webapp.fleet.models import Worker, WorkerProcess
     from workers import fleet, tasks
 
     Worker.objects.create(hostname="gpu0@box")
     fleet.on_task_prerun(sender=tasks.reap, task_id="x", task=tasks.reap, args=[], kwargs={})
-    assert Worker.objects.get().task_name == ""
+    fleet.on_task_prerun(sender=tasks.train_child, task_id="y", task=tasks.train_child, args=[1], kwargs={})
+    assert not WorkerProcess.objects.exists()
+
+
+def process(worker, pid: int, **fields):
+    """A process row of `worker`, named as a lease of that process would name its owner."""
+    from webapp.fleet.models import WorkerProcess
+
+    return WorkerProcess.objects.create(worker=worker, identity=f"{worker.hostname}:{pid}", pid=pid, **fields)
 
 
 # -- the reaper: lost workers -----------------------------------------------------------------------
@@ -211,10 +252,12 @@ def test_the_reaper_marks_a_silent_worker_lost_and_says_so_once(db, only_our_wor
     from workers import reaper
 
     silent = timezone.now() - timedelta(seconds=LOST_AFTER_SECONDS + 5)
-    Worker.objects.create(hostname="gpu0@box", last_seen=silent, task_name="train_child", task_object_id=9)
+    gpu0 = Worker.objects.create(hostname="gpu0@box", last_seen=silent)
+    process(gpu0, 11, index=0, task_name="train_child", task_object_id=9)
+    process(gpu0, 12, index=1)
     Worker.objects.create(hostname="gpu1@box", queues="gpu")  # just seen
     Worker.objects.create(hostname="gpu2@box", queues="gpu", last_seen=silent, status="offline")  # stopped cleanly
-    assert Worker.objects.get(hostname="gpu0@box").shown_status == "lost"  # before the reaper stores it
+    assert Worker.objects.get(hostname="gpu0@box").shown_status() == "lost"  # before the reaper stores it
 
     assert reaper.reap()["workers_lost"] == ["gpu0@box"]
     assert reaper.reap()["workers_lost"] == []
@@ -224,6 +267,43 @@ def test_the_reaper_marks_a_silent_worker_lost_and_says_so_once(db, only_our_wor
     assert len(lost) == 1, lost
     assert lost[0].startswith("worker gpu0@box lost (last seen ")
     assert lost[0].endswith("s ago); it was running child run 9")
+
+
+def test_a_quiet_worker_whose_process_keeps_a_lease_is_busy_not_lost(db, search, only_our_workers, logs):
+    """Its own heartbeat is old, but one of its processes heartbeats the lease of what it
+    trains (any kind of leased work): busy. Once that lease falls silent too: lost."""
+    from webapp.fleet.models import LOST_AFTER_SECONDS, Worker
+    from webapp.searches import models as m
+    from workers import fleet
+
+    now = timezone.now()
+    quiet = now - timedelta(seconds=LOST_AFTER_SECONDS + 60)
+    run = first_run(search)
+    arch = run.architecture
+    selection = m.Selection.objects.create(
+        search=search, owner=search.owner, top_k=1, seeds=1, recipe={"epochs": 1}, status=m.RUN_RUNNING
+    )
+    gpu0 = Worker.objects.create(hostname="gpu0@box", queues="gpu", last_seen=quiet)
+    busy = process(gpu0, 7, index=0, task_name="train_selection_run")
+    process(gpu0, 8, index=1)
+    pick = m.SelectionRun.objects.create(
+        selection=selection, architecture=arch, seed=0, status=m.RUN_RUNNING, attempt=1, worker=busy.identity
+    )
+    busy.task_object_id = pick.id
+    busy.save()
+    # Another node's process with a fresh lease says nothing about gpu0.
+    other = process(Worker.objects.create(hostname="gpu1@box", queues="gpu"), 9)
+    m.ChildRun.objects.filter(pk=run.pk).update(status=m.RUN_RUNNING, worker=other.identity, heartbeat_at=now)
+
+    m.SelectionRun.objects.filter(pk=pick.pk).update(heartbeat_at=now - timedelta(seconds=2))
+    assert Worker.objects.get(pk=gpu0.pk).shown_status() == "online"
+    assert fleet.mark_lost_workers() == []
+
+    m.SelectionRun.objects.filter(pk=pick.pk).update(heartbeat_at=quiet)
+    assert Worker.objects.get(pk=gpu0.pk).shown_status() == "lost"
+    assert fleet.mark_lost_workers() == ["gpu0@box"]
+    (line,) = [line for line in messages(logs, "nasnet.fleet") if " lost " in line]
+    assert line.endswith(f"; it was running selection run {pick.id}"), line
 
 
 # -- the staff page ---------------------------------------------------------------------------------
@@ -250,16 +330,11 @@ def test_the_page_shows_workers_their_tasks_and_queue_depths(client, personas, s
     run = first_run(search)
     arch = run.architecture
     now = timezone.now()
-    Worker.objects.create(
-        hostname="gpu0@box",
-        queues="gpu",
-        device="NVIDIA H100 80GB HBM3",
-        task_name="train_child",
-        task_object_id=run.id,
-        task_started_at=now - timedelta(seconds=12),
-        tasks_done=41,
-    )
-    Worker.objects.create(hostname="controller@box", queues="controller", task_name="advance_search")
+    gpu0 = Worker.objects.create(hostname="gpu0@box", queues="gpu", device="NVIDIA H100 80GB HBM3", tasks_done=40)
+    started = now - timedelta(seconds=12)
+    process(gpu0, 7, index=0, task_name="train_child", task_object_id=run.id, task_started_at=started, tasks_done=1)
+    controller = Worker.objects.create(hostname="controller@box", queues="controller")
+    process(controller, 8, task_name="advance_search")
     Worker.objects.create(hostname="gpu1@box", queues="gpu", device="CPU", last_seen=now - timedelta(minutes=2))
     Worker.objects.create(hostname="old@box", status="offline", last_seen=now - timedelta(days=3))
     for _ in range(3):  # waiting in the broker, no worker consumes them
@@ -280,7 +355,8 @@ def test_the_page_shows_workers_their_tasks_and_queue_depths(client, personas, s
         ["gpu"],
         41,
     )
-    task = gpu0["task"]
+    assert gpu0["busy"] and [p["label"] for p in gpu0["processes"]] == ["#0 (pid 7)"]
+    task = gpu0["processes"][0]["task"]
     assert task["label"] == f"child run {run.id} (attempt 0)" and task["since_s"] >= 12
     assert task["architecture"] == {
         "id": arch.id,
@@ -288,8 +364,9 @@ def test_the_page_shows_workers_their_tasks_and_queue_depths(client, personas, s
         "url": reverse("front:architecture", args=[arch.id]),
     }
     assert task["search"] == {"id": search.id, "name": search.name, "url": reverse("front:search", args=[search.id])}
-    assert rows["gpu1@box"]["status"] == "lost" and rows["gpu1@box"]["task"] is None
-    assert rows["controller@box"]["task"]["label"] == "advance search"
+    assert rows["gpu1@box"]["status"] == "lost" and rows["gpu1@box"]["processes"] == []
+    assert not rows["gpu1@box"]["busy"]
+    assert rows["controller@box"]["processes"][0]["task"]["label"] == "advance search"
 
     page = client.get(reverse("fleet:workers")).content.decode()
     for text in ("gpu0@box", "NVIDIA H100 80GB HBM3", f"child run {run.id}", ">41<", "idle", "fleet/workers.js"):
@@ -303,6 +380,7 @@ def test_the_page_shows_workers_their_tasks_and_queue_depths(client, personas, s
 
 def test_a_training_job_and_an_advance_link_to_their_pages(client, personas, search):
     from webapp.fleet.models import Worker
+    from webapp.searches import models as m
     from webapp.searches.services import create_training_job
 
     arch = first_run(search).architecture
@@ -315,14 +393,23 @@ def test_a_training_job_and_an_advance_link_to_their_pages(client, personas, sea
         recipe={"epochs": 1},
         architecture=arch,
     )
-    Worker.objects.create(hostname="gpu0@box", task_name="run_training_job", task_object_id=job.id)
-    Worker.objects.create(hostname="controller@box", task_name="advance_search", task_object_id=search.id)
+    selection = m.Selection.objects.create(
+        search=search, owner=personas.owner, top_k=1, seeds=1, recipe={"epochs": 1}, status=m.RUN_RUNNING
+    )
+    pick = m.SelectionRun.objects.create(selection=selection, architecture=arch, seed=3, status=m.RUN_RUNNING)
+    process(Worker.objects.create(hostname="gpu0@box"), 7, task_name="run_training_job", task_object_id=job.id)
+    process(Worker.objects.create(hostname="controller@box"), 8, task_name="advance_search", task_object_id=search.id)
+    process(Worker.objects.create(hostname="gpu1@box"), 9, task_name="train_selection_run", task_object_id=pick.id)
     client.force_login(personas.staff)
-    rows = {w["hostname"]: w["task"] for w in client.get(reverse("fleet:workers_json")).json()["workers"]}
+    data = client.get(reverse("fleet:workers_json")).json()
+    rows = {w["hostname"]: w["processes"][0]["task"] for w in data["workers"]}
     assert rows["gpu0@box"]["label"] == f"training job {job.id}: transfer"
     assert rows["gpu0@box"]["url"] == reverse("front:training_job", args=[job.id])
     assert rows["gpu0@box"]["search"]["id"] == search.id
     assert rows["controller@box"]["url"] == reverse("front:search", args=[search.id])
+    assert rows["gpu1@box"]["label"] == f"selection run {pick.id} (seed 3)"
+    assert rows["gpu1@box"]["url"] == reverse("front:selection", args=[selection.id])
+    assert rows["gpu1@box"]["architecture"]["id"] == arch.id and rows["gpu1@box"]["search"]["id"] == search.id
 
 
 # -- log lines ----------------------------------------------------------------------------------------
@@ -387,7 +474,7 @@ def test_a_real_worker_registers_and_shows_the_child_it_trains(broker, client):
     from django.db import connection
 
     from webapp.accounts.models import ROLE_OWNER, Membership, Team
-    from webapp.fleet.models import HEARTBEAT_SECONDS, Worker
+    from webapp.fleet.models import HEARTBEAT_SECONDS, Worker, WorkerProcess
     from webapp.searches import models as m
     from webapp.searches.services import submit_search
     from workers import advance
@@ -420,18 +507,21 @@ def test_a_real_worker_registers_and_shows_the_child_it_trains(broker, client):
         search = submit_search(user=user, team=team, name="watched", spec_data=spec)
         advance.advance(search.id)  # no controller worker: the test advances it
         run = m.ChildRun.objects.get(architecture__search=search)
-        busy = until(lambda: Worker.objects.filter(pk=row.pk, task_name="train_child").first())
-        assert busy.task_object_id == run.id
+        # The solo pool: the worker's own process runs the task.
+        busy = until(lambda: WorkerProcess.objects.filter(worker=row, task_name="train_child").first())
+        assert busy.task_object_id == run.id and busy.pid == gpu.proc.pid
+        assert m.ChildRun.objects.get(pk=run.id).worker == busy.identity
 
         client.force_login(user)
         # Only this worker's entry: a worker of an earlier test may still be saying goodbye.
         (shown,) = [
             w for w in client.get(reverse("fleet:workers_json")).json()["workers"] if w["hostname"] == row.hostname
         ]
-        assert shown["task"]["label"].startswith(f"child run {run.id} (attempt 1)")
-        assert shown["task"]["search"]["url"] == reverse("front:search", args=[search.id])
+        (task,) = [p["task"] for p in shown["processes"]]
+        assert task["label"].startswith(f"child run {run.id} (attempt 1)")
+        assert task["search"]["url"] == reverse("front:search", args=[search.id])
 
-        until(lambda: Worker.objects.filter(pk=row.pk, task_name="", tasks_done__gte=1).exists())
+        until(lambda: WorkerProcess.objects.filter(pk=busy.pk, task_name="", tasks_done__gte=1).exists())
         assert m.ChildRun.objects.get(pk=run.id).status == m.RUN_SUCCEEDED
         # As if its heartbeats had stopped reaching the database for a while: the next one
         # (every HEARTBEAT_SECONDS, from its own thread) brings it back.
@@ -440,6 +530,7 @@ def test_a_real_worker_registers_and_shows_the_child_it_trains(broker, client):
         until(lambda: Worker.objects.filter(pk=row.pk, status="online", last_seen__gt=recent).exists(), timeout=30)
         gpu.stop()
         assert Worker.objects.get(pk=row.pk).status == "offline"
+        assert not WorkerProcess.objects.filter(worker=row).exists()
         output = gpu.output()
         assert "worker gpu1@" in output and "online: queues gpu, device CPU" in output
         assert f"child run {run.id} of search {search.id} finished: reward" in output
@@ -476,3 +567,190 @@ def test_a_database_outage_is_logged_once_by_the_heartbeat(db, logs):
         "worker gpu0@box: heartbeat not written (retrying quietly)",
         "worker gpu0@box: heartbeats written again",
     ]
+
+
+# -- pool processes and busy workers (real prefork workers) -------------------------------------------
+def pool_pids(parent: int) -> set[int]:
+    """The live child processes of `parent` (a prefork worker's pool), from /proc."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[1]) == parent:
+            pids.add(int(entry))
+    return pids
+
+
+def shown_processes(row: dict) -> dict[str, dict]:
+    """The pool processes the page shows for one worker, by identity (host:pid, as leases name their owner)."""
+    return {p["identity"]: p for p in row["processes"]}
+
+
+@pytest.fixture
+def real_world(broker, client):
+    """A staff owner of team alpha, logged in, and the env for worker subprocesses."""
+    from django.contrib.auth.models import User
+    from django.db import connection
+
+    from webapp.accounts.models import ROLE_OWNER, Membership, Team
+
+    team = Team.objects.create(name="alpha")
+    user = User.objects.create_user("owner", password="pw-owner-123", is_staff=True)
+    Membership.objects.create(user=user, team=team, role=ROLE_OWNER)
+    client.force_login(user)
+    env = worker_env(connection.settings_dict["NAME"], broker)
+    return SimpleNamespace(team=team, user=user, env=env, client=client)
+
+
+def until(what, timeout=60.0, logs=lambda: ""):
+    """What `what()` returns once it is true; AssertionError with `logs()` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out\n{logs()}")
+
+
+def watched_search(world, name: str, children: int, duration_s: float):
+    from webapp.searches.services import submit_search
+    from workers import advance
+
+    spec = {
+        "dataset": "digits",
+        "objective": {**SYNTHETIC, "duration_s": duration_s},
+        "strategy": "random",
+        "budget": {"children": children, "parallel": children},
+    }
+    search = submit_search(user=world.user, team=world.team, name=name, spec_data=spec)
+    advance.advance(search.id)  # no controller worker: the test advances it
+    return search
+
+
+def shown_worker(client, hostname: str) -> dict:
+    (row,) = [w for w in client.get(reverse("fleet:workers_json")).json()["workers"] if w["hostname"] == hostname]
+    return row
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_busy_worker_is_not_lost_while_its_pool_process_trains(real_world):
+    """The worker's main process falls silent (SIGSTOP: as a stalled main process, a hung
+    heartbeat connection or a slow device probe would) while its pool process trains a
+    child and keeps that child's lease: the worker is busy, not lost. Once it holds no
+    work and is still silent, it is lost."""
+    import signal
+
+    from webapp.fleet.models import Worker
+    from webapp.searches import models as m
+    from workers import reaper
+
+    world = real_world
+    with WorkerSet(world.env) as workers:
+        gpu = workers.start("gpu", "--pool=prefork", "--concurrency=1")
+        node = until(lambda: Worker.objects.filter(hostname__startswith="gpu1@").first(), logs=workers.logs)
+        search = watched_search(world, "busy", children=1, duration_s=12.0)
+        run = m.ChildRun.objects.get(architecture__search=search)
+        run = until(lambda: m.ChildRun.objects.filter(pk=run.pk, status=m.RUN_RUNNING).first(), logs=workers.logs)
+        assert int(run.worker.rsplit(":", 1)[1]) in pool_pids(gpu.proc.pid)
+
+        os.kill(gpu.proc.pid, signal.SIGSTOP)
+        try:
+            silent_since = timezone.now() - timedelta(hours=1)
+            Worker.objects.filter(pk=node.pk).update(last_seen=silent_since)  # as if silent for an hour
+            # The pool process still trains: its lease heartbeats go on.
+            beat = timezone.now()
+            until(lambda: m.ChildRun.objects.filter(pk=run.pk, heartbeat_at__gt=beat).exists(), timeout=15)
+            assert node.hostname not in reaper.reap()["workers_lost"]
+            row = shown_worker(world.client, node.hostname)
+            assert row["status"] == "online", row
+            (proc,) = shown_processes(row).values()
+            assert proc["identity"] == run.worker and proc["task"]["label"] == f"child run {run.id} (attempt 1)"
+            assert Worker.objects.get(pk=node.pk).status == "online"
+
+            # The child finished: the worker holds nothing and its main process is still silent.
+            until(lambda: m.ChildRun.objects.filter(pk=run.pk, status=m.RUN_SUCCEEDED).exists(), timeout=30)
+            Worker.objects.filter(pk=node.pk).update(last_seen=silent_since)
+            assert node.hostname in reaper.reap()["workers_lost"]
+            assert shown_worker(world.client, node.hostname)["status"] == "lost"
+        finally:
+            os.kill(gpu.proc.pid, signal.SIGCONT)
+        # Heard from again: back online.
+        until(lambda: Worker.objects.filter(pk=node.pk, status="online").exists(), timeout=30, logs=workers.logs)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_pool_process_reports_as_itself_and_exited_ones_expire(real_world):
+    """A prefork worker with two pool processes training two children at once: each shows
+    under the worker by its own identity (the one its leases carry) with its own child.
+    With --max-tasks-per-child=1 both are replaced after their child; the page then shows
+    the new processes only, and after a restart (killed, started again under the same
+    name) only the new worker's."""
+    from tests.celery_worker import Worker as CeleryWorker
+    from webapp.fleet.models import Worker
+    from webapp.searches import models as m
+
+    world = real_world
+    with WorkerSet(world.env) as workers:
+        gpu = workers.start("gpu", "--pool=prefork", "--concurrency=2", "--max-tasks-per-child=1")
+        node = until(lambda: Worker.objects.filter(hostname__startswith="gpu1@").first(), logs=workers.logs)
+        search = watched_search(world, "two at once", children=2, duration_s=10.0)
+        runs = m.ChildRun.objects.filter(architecture__search=search)
+        until(lambda: runs.filter(status=m.RUN_RUNNING).count() == 2, logs=workers.logs)
+        first = {run.worker: run.id for run in runs}
+        assert len(first) == 2  # two processes, each holding its own run
+
+        def shown_tasks():
+            return {
+                identity: p["task"]["id"] if p["task"] else None
+                for identity, p in shown_processes(shown_worker(world.client, node.hostname)).items()
+            }
+
+        until(lambda: shown_tasks() == first, timeout=15, logs=lambda: f"shown {shown_tasks()}, running {first}")
+
+        until(lambda: runs.filter(status=m.RUN_SUCCEEDED).count() == 2, timeout=30, logs=workers.logs)
+
+        def current_identities():
+            import socket
+
+            return {f"{socket.gethostname()}:{pid}" for pid in pool_pids(gpu.proc.pid)}
+
+        # Both processes exited after their one task and were replaced.
+        until(
+            lambda: len(current_identities()) == 2 and not current_identities() & set(first),
+            timeout=30,
+            logs=lambda: f"pool {current_identities()}, first {set(first)}\n{workers.logs()}",
+        )
+        until(
+            lambda: set(shown_tasks()) == current_identities(),
+            timeout=30,
+            logs=lambda: f"shown {shown_tasks()}, pool {current_identities()}\n{workers.logs()}",
+        )
+        assert set(shown_tasks().values()) == {None}
+        assert shown_worker(world.client, node.hostname)["tasks_done"] == 2
+
+        gpu.kill()  # its pool processes die with it
+        again = CeleryWorker("gpu", world.env, gpu.name, ["--pool=prefork", "--concurrency=2"])
+        workers.workers.append(again)
+        again.wait_ready()
+        until(lambda: len(pool_pids(again.proc.pid)) == 2, timeout=30)
+
+        def restarted_identities():
+            import socket
+
+            return {f"{socket.gethostname()}:{pid}" for pid in pool_pids(again.proc.pid)}
+
+        until(
+            lambda: set(shown_tasks()) == restarted_identities(),
+            timeout=30,
+            logs=lambda: f"shown {shown_tasks()}, pool {restarted_identities()}\n{workers.logs()}",
+        )
+        again.stop()
+        assert shown_worker(world.client, node.hostname)["status"] == "offline"
+        assert shown_tasks() == {}

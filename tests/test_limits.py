@@ -259,3 +259,24 @@ def test_a_genotype_with_thousands_of_blocks_is_refused(client, personas):
     r = post(client, "/api/training-jobs", job_body(personas, genotype=huge))
     assert r.status_code == 400 and r.json()["field"] == "genotype.normal.blocks" and "at most 10" in r.json()["error"]
     assert not m.TrainingJob.objects.exists()
+
+
+def test_validating_a_spec_never_builds_its_strategy(tmp_path, monkeypatch):
+    """A web request validates specs: building PPO (its LSTM, its optimizer, torch's first
+    import of its compiler) cost the first page of each web process 3.5 s of CPU."""
+    from nas_engine.strategies import STRATEGIES
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a strategy was built while validating a spec")
+
+    for cls in STRATEGIES.values():
+        monkeypatch.setattr(cls, "__init__", refuse)
+    spec = validate_spec({"strategy": {"name": "ppo", "settings": {"hidden_size": 64}}}, data_root=tmp_path)
+    assert spec.strategy_settings["hidden_size"] == 64 and spec.strategy_settings["clip"] == 0.2
+    bad = {"strategy": {"name": "evolution", "settings": {"population_size": 4, "tournament_size": 5}}}
+    with pytest.raises(Exception) as err:
+        validate_spec(bad, data_root=tmp_path)
+    assert err.value.field == "strategy.settings.tournament_size"
+    with pytest.raises(Exception) as err:
+        validate_spec({"strategy": "simulated_annealing"}, data_root=tmp_path)
+    assert err.value.field == "strategy.name"

@@ -481,7 +481,7 @@ def test_the_advance_reads_the_owner_with_the_locked_search(personas, search):
     from workers.advance import _locked
 
     with transaction.atomic():
-        row = _locked(m.Search.objects.defer("checkpoint")).get(pk=search.pk)
+        row = _locked(m.Search.objects).get(pk=search.pk)
         with CaptureQueriesContext(connection) as queries:
             live.status(row)
     assert len(queries) == 0

@@ -144,7 +144,7 @@ def assert_complete(search, stack=None):
             assert arch.reward is not None and arch.reward == run.reward
     rewards = [a.reward for a in archs if a.reward is not None]
     assert search.best_reward == max(rewards)
-    assert search.checkpoint and search.finished_at and search.started_at
+    assert search.checkpoint_at and search.checkpoint_parts.exists() and search.finished_at and search.started_at
 
 
 def checkpoint_of(search):

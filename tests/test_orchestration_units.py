@@ -88,14 +88,74 @@ def test_the_reaper_requeues_expired_leases_then_fails_them(search, settings):
     assert report["failed"] == [run.id]
 
 
-def test_checkpoint_bytes_round_trip(search):
-    from workers import advance
+def test_the_stored_checkpoint_round_trips_and_only_changed_pieces_are_written(search):
+    from webapp.searches import models as m
+    from workers import strategy_store
 
-    spec = search.parsed_spec
+    spec = search.parsed_spec  # PPO: its controller and optimizer are most of the bytes
     strategy = spec.make_strategy()
-    strategy.ask(3)
-    restored = advance.strategy_from_bytes(advance.strategy_to_bytes(strategy), spec)
+    proposals = strategy.ask(3)
+    digests = strategy_store.save(search, strategy)
+    search.save()
+    restored = strategy_store.load(search)
     assert [p.id for p in restored.pending()] == [0, 1, 2]
+    assert [p.genotype for p in restored.ask(2)] == [p.genotype for p in strategy.ask(2)]
+    assert strategy_store.size(search.id) > 500_000
+
+    def written_since(moment):
+        return dict(
+            m.StrategyCheckpointPart.objects.filter(search=search, updated_at__gt=moment).values_list("key", "digest")
+        )
+
+    moment = timezone.now()
+    strategy.tell(proposals[0].id, 0.5)  # no update yet (a PPO batch is bigger): weights unchanged
+    again = strategy_store.save(search, strategy, digests)
+    written = written_since(moment)
+    assert set(again) == {"envelope", "state.controller"}  # the weights apart (Adam's moments: after a step)
+    assert set(written) == {"envelope"}  # the pending proposals and the RNG changed, not the weights
+    assert written == {key: digest for key, digest in again.items() if digests.get(key) != digest}
+    moment = timezone.now()
+    assert strategy_store.save(search, strategy) == again and written_since(moment) == {}  # unchanged: no write
+    loaded = strategy_store.load(search)
+    assert loaded.state_dict().keys() == strategy.state_dict().keys()
+    assert [p.genotype for p in loaded.ask(2)] == [p.genotype for p in strategy.ask(2)]
+
+
+def test_a_checkpoint_from_before_the_pieces_is_migrated(transactional_db):
+    """Migration 0007 splits an old whole-checkpoint column into pieces that load."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    from nas_engine.strategies.base import checkpoint_bytes
+
+    executor = MigrationExecutor(connection)
+    old = [("searches", "0006_training_job_preset_budget")]
+    executor.migrate(old)
+    old_apps = executor.loader.project_state(old).apps
+    Team, User = old_apps.get_model("accounts", "Team"), old_apps.get_model("auth", "User")
+    Search = old_apps.get_model("searches", "Search")
+    strategy = make_strategy("ppo", SearchSpace(), {}, seed=0)
+    strategy.ask(2)
+    spec_row = Search.objects.create(
+        team=Team.objects.create(name="t"),
+        owner=User.objects.create(username="u"),
+        name="old",
+        spec={},
+        children_total=4,
+        checkpoint=checkpoint_bytes(strategy),
+        checkpoint_at=timezone.now(),
+    )
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+    from workers import strategy_store
+
+    payload = strategy_store.payload(spec_row.id)
+    restored = make_strategy("ppo", SearchSpace(), {}, seed=0)
+    from nas_engine.strategies import restore_into
+
+    restore_into(restored, payload)
     assert [p.genotype for p in restored.ask(2)] == [p.genotype for p in strategy.ask(2)]
 
 
@@ -294,3 +354,44 @@ def test_a_synthetic_child_longer_than_the_lease_keeps_it_and_succeeds(settings)
     worker.join()
     run.refresh_from_db()
     assert requeued == [] and run.status == m.RUN_SUCCEEDED and run.attempt == 1, run.error
+
+
+def _finished_events(search, run):
+    from webapp.live.models import SearchEvent
+
+    return [
+        e for e in SearchEvent.objects.filter(search=search, type="child.finished") if e.payload["run"]["id"] == run.id
+    ]
+
+
+def test_a_result_whose_worker_died_before_publishing_still_reaches_live_clients(search):
+    """kill -9 between the reward's UPDATE and its event: the advance that tells the result
+    stores and sends the missing child.finished (before, live clients never got it)."""
+    from webapp.searches import models as m
+    from workers import advance, child_runs
+
+    advance.advance(search.id)
+    run = child_runs.claim(m.ChildRun.objects.filter(architecture__search=search).order_by("id").first().id)
+    assert run.finish(m.RUN_SUCCEEDED, reward=0.7, wall_time=0.1)  # the worker dies here
+    assert _finished_events(search, run) == []
+    advance.advance(search.id)
+    (event,) = _finished_events(search, run)
+    assert event.payload["run"]["reward"] == 0.7 and event.payload["run"]["status"] == m.RUN_SUCCEEDED
+    run.refresh_from_db()
+    assert run.announced
+    child_runs.announce_finished(run, search.id, event.payload["sample_index"])  # a late worker: no second one
+    advance.advance(search.id)
+    assert len(_finished_events(search, run)) == 1
+
+
+def test_a_result_is_announced_once_by_its_worker_and_not_again_by_the_advance(search):
+    from webapp.searches import models as m
+    from workers import advance, child_runs
+
+    advance.advance(search.id)
+    run = child_runs.claim(m.ChildRun.objects.filter(architecture__search=search).order_by("id").first().id)
+    assert child_runs.finish(run, m.RUN_SUCCEEDED, reward=0.6, wall_time=0.1)
+    assert len(_finished_events(search, run)) == 1
+    advance.advance(search.id)
+    (event,) = _finished_events(search, run)
+    assert event.payload["run"]["reward"] == 0.6 and event.payload["run"]["epochs"] == []

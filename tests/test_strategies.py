@@ -20,6 +20,7 @@ from nas_engine.strategies import (
     make_strategy,
     save_checkpoint,
 )
+from nas_engine.strategies.base import Fidelity
 from nas_engine.strategies.controller import Controller
 from nas_engine.synthetic import SyntheticObjective
 
@@ -316,6 +317,139 @@ def test_random_search_is_uniform():
         counts[p.decisions[2]] += 1  # normal.block0.op_a: 13 options
     assert set(counts) == set(range(13))
     assert all(140 <= c <= 260 for c in counts.values())  # 200 expected each
+
+
+# -- early stopping: what a strategy is told for a stopped child ------------------------------------
+def drive_with_fidelity(strategy, objective, start: int, stop: int, stopped_at=None) -> list:
+    """`drive`'s schedule, every reward told with a fidelity; `stopped_at(step)` -> the rung
+    a child stops at (its reward is then half its final one), or None for a full training."""
+    trace = []
+    for step in range(start, stop):
+        if 3 - len(strategy.pending()) > 0:
+            trace.append([(p.id, p.decisions) for p in strategy.ask(3 - len(strategy.pending()))])
+        pending = strategy.pending()
+        chosen = pending[step % len(pending)]
+        reward = objective.reward(chosen.genotype)
+        rung = stopped_at(step) if stopped_at else None
+        if step % 7 == 3:
+            trace.append((chosen.id, "failed", strategy.tell_failure(chosen.id)))
+        elif rung is None:
+            told = Fidelity(9, 9, ((1, reward / 3), (3, reward / 2)))
+            trace.append((chosen.id, strategy.tell(chosen.id, reward, told)))
+        else:
+            told = Fidelity(rung, 9, ((1, reward / 3), (3, reward / 2))[: 1 + (rung == 3)])
+            trace.append((chosen.id, strategy.tell(chosen.id, told.rungs[-1][1], told)))
+    return trace
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_a_child_trained_in_full_teaches_the_same_with_or_without_its_fidelity(name):
+    objective = SyntheticObjective(SPACE, 1)
+    plain, told = make_strategy(name, SPACE, SMALL[name], seed=5), make_strategy(name, SPACE, SMALL[name], seed=5)
+    assert drive(plain, objective, 0, 40) == drive_with_fidelity(told, objective, 0, 40)
+
+
+def test_a_bad_fidelity_is_refused_naming_the_field():
+    strategy = make_strategy("ppo", SPACE, SMALL["ppo"], seed=0)
+    p = strategy.ask(1)[0]
+    for fidelity, field in [
+        (Fidelity(4, 3), "fidelity.epochs"),
+        (Fidelity(0, 3), "fidelity.epochs"),
+        (Fidelity(1, 3, ((1, 0.5),), "best"), "fidelity.stopped_reward"),
+        (Fidelity(2, 3, ((2, 0.5), (1, 0.4))), "fidelity.rungs"),
+        ({"epochs": 1}, "fidelity"),
+    ]:
+        with pytest.raises(StrategyError) as err:
+            strategy.tell(p.id, 0.5, fidelity)
+        assert err.value.field == field
+    assert strategy.pending()  # nothing was told
+
+
+@pytest.mark.parametrize("name", ["ppo", "reinforce"])
+def test_policy_gradient_judges_a_stopped_child_against_the_baseline_of_its_rung(name):
+    strategy = make_strategy(name, SPACE, {"batch_size": 100, "baseline_decay": 0.5}, seed=0)
+    a, b, c, d = strategy.ask(4)
+    strategy.tell(a.id, 0.8, Fidelity(9, 9, ((1, 0.2), (3, 0.4))))  # a full training: the final baseline
+    strategy.tell(b.id, 0.1, Fidelity(1, 9, ((1, 0.1),)))  # stopped at rung 1, below its baseline 0.2
+    strategy.tell(c.id, 0.5, Fidelity(3, 9, ((1, 0.3), (3, 0.5))))  # stopped at rung 3, above 0.4
+    strategy.tell(d.id, 0.7, Fidelity(9, 9, ((1, 0.2), (3, 0.4))))
+    assert [entry["advantage"] for entry in strategy._buffer] == pytest.approx([0.0, -0.1, 0.1, -0.1])
+    assert [entry["reward"] for entry in strategy._buffer] == [0.8, 0.1, 0.5, 0.7]
+    # Every child that reached a rung fed its baseline there, stopped or not; rung values
+    # never touch the final baseline.
+    assert strategy._rungs[1][0] == pytest.approx(((0.2 + 0.1) / 2 + 0.3) / 2 / 2 + 0.2 / 2)
+    assert strategy._baseline == pytest.approx(0.75)
+
+
+def test_normalised_rescales_a_rung_advantage_to_the_spread_of_final_rewards():
+    strategy = make_strategy("ppo", SPACE, {"batch_size": 100, "baseline_decay": 0.5}, seed=0)
+    a, b, c, d, e = strategy.ask(5)
+    mode = "normalised"
+    strategy.tell(a.id, 0.8, Fidelity(9, 9, ((1, 0.2),), mode))
+    strategy.tell(b.id, 0.6, Fidelity(9, 9, ((1, 0.3),), mode))  # final spread: EMA variance 0.01
+    strategy.tell(c.id, 0.25, Fidelity(1, 9, ((1, 0.25),), mode))  # rung 1 spread: 0.0025 before this
+    assert strategy._buffer[-1]["advantage"] == pytest.approx(0.0)  # 0.25 is the rung's baseline
+    rung_mean, rung_var = strategy._rungs[1]
+    strategy.tell(d.id, 0.1, Fidelity(1, 9, ((1, 0.1),), mode))
+    assert strategy._buffer[-1]["advantage"] == pytest.approx((0.1 - rung_mean) * (0.01 / rung_var) ** 0.5)
+    strategy.tell(e.id, 0.1, Fidelity(1, 9, ((1, 0.1),), "drop"))
+    assert len(strategy._buffer) == 4 and not strategy.pending()  # dropped: told, teaches nothing
+
+
+def test_evolution_ranks_children_by_how_far_they_were_trained_then_by_reward():
+    evo = make_strategy("evolution", SPACE, {"population_size": 4, "tournament_size": 4, "identity_prob": 1.0}, 0)
+    a, b, c, d = evo.ask(4)
+    evo.tell(a.id, 0.9, Fidelity(1, 9, ((1, 0.9),)))
+    evo.tell(b.id, 0.3, Fidelity(9, 9, ((1, 0.1), (3, 0.2))))  # the only full training: it wins
+    evo.tell(c.id, 0.8, Fidelity(3, 9, ((1, 0.5), (3, 0.8))))
+    evo.tell(d.id, 0.2, Fidelity(3, 9, ((1, 0.1), (3, 0.2))))
+    assert evo.stopped_at() == [1, 0, 3, 3]
+    assert evo.ask(1)[0].decisions == b.decisions  # identity mutation: a copy of the parent
+    evo = make_strategy("evolution", SPACE, {"population_size": 3, "tournament_size": 3, "identity_prob": 1.0}, 0)
+    a, b, c = evo.ask(3)
+    evo.tell(a.id, 0.9, Fidelity(1, 9, ((1, 0.9),)))
+    evo.tell(b.id, 0.4, Fidelity(3, 9, ((1, 0.2), (3, 0.4))))
+    evo.tell(c.id, 0.5, Fidelity(3, 9, ((1, 0.2), (3, 0.5))))  # the best of the highest rung
+    assert evo.ask(1)[0].decisions == c.decisions
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_a_checkpoint_written_before_early_stopping_still_restores(name, tmp_path):
+    """Such a checkpoint lacks what early stopping added to a strategy's state (PPO's and
+    REINFORCE's rung baselines, evolution's stopped-at epochs): it restores as a search
+    that never stopped a child, and goes on exactly like the uninterrupted one."""
+    objective = SyntheticObjective(SPACE, 1)
+    uninterrupted = make_strategy(name, SPACE, SMALL[name], seed=5)
+    expected = drive(uninterrupted, objective, 0, 50)
+    first = make_strategy(name, SPACE, SMALL[name], seed=5)
+    before = drive(first, objective, 0, 25)
+    save_checkpoint(first, tmp_path / "new.pt")
+    payload = torch.load(tmp_path / "new.pt", weights_only=True)
+    added = {"ppo": ("rungs", "final_var"), "reinforce": ("rungs", "final_var"), "evolution": ("history_stopped",)}
+    for key in added.get(name, ()):
+        del payload["state"][key]
+    torch.save(payload, tmp_path / "old.pt")
+    restored = load_checkpoint(tmp_path / "old.pt", SPACE, expect=name)
+    assert before + drive(restored, objective, 25, 50) == expected
+    assert_same(restored.state_dict(), uninterrupted.state_dict())
+
+
+def test_early_stopping_still_lets_the_learning_strategies_learn():
+    """PPO and evolution with every child but a few stopped at an early rung (told with
+    fidelity): the last children are still far better than random ones."""
+    objective = SyntheticObjective(SPACE, 0)
+    for name, settings in (("ppo", LEARNING_PG), ("evolution", {})):
+        strategy = make_strategy(name, SPACE, settings, seed=0)
+        finals = []
+        for _ in range(400):
+            p = strategy.ask(1)[0]
+            reward = objective.reward(p.genotype)
+            if p.id % 4 == 0:  # trained in full
+                strategy.tell(p.id, reward, Fidelity(9, 9, ((1, reward / 3), (3, reward / 2))))
+            else:  # the rung-1 value: a third of the final one
+                strategy.tell(p.id, reward / 3, Fidelity(1, 9, ((1, reward / 3),)))
+            finals.append(reward)
+        assert sum(finals[-100:]) / 100 > sum(finals[:100]) / 100 + MARGIN / 2, name
 
 
 # -- evolution ----------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 import statistics
+import threading
 import time
 
 import pytest
@@ -111,6 +112,88 @@ def test_it_can_take_time_like_a_training_would():
 
 
 def test_it_rejects_bad_options():
-    for kwargs in ({"noise": -1.0}, {"failure_rate": 1.5}, {"duration_s": -1.0}):
+    for kwargs in ({"noise": -1.0}, {"failure_rate": 1.5}, {"duration_s": -1.0}, {"curve_noise": -0.1}):
         with pytest.raises(ValueError):
             SyntheticObjective(SPACE, 0, **kwargs)
+
+
+# -- learning curves ---------------------------------------------------------------------------
+def ranks(values):
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0] * len(values)
+    for rank, i in enumerate(order):
+        out[i] = rank
+    return out
+
+
+def test_a_curve_ends_at_the_reward_so_nothing_changes_without_early_stopping():
+    for objective in (SyntheticObjective(SPACE, 0), SyntheticObjective(SPACE, 1, noise=0.05, failure_rate=0.2)):
+        for g in random_genotypes(SPACE, 100):
+            curve = objective.curve(g, 20)
+            assert (curve is None) == (objective(g) is None)
+            if curve is not None:
+                assert len(curve) == 20 and curve[-1] == objective(g) and all(0 <= v <= 1 for v in curve)
+    assert SyntheticObjective(SPACE, 0).curve(random_genotypes(SPACE, 1)[0], 1) == [
+        SyntheticObjective(SPACE, 0)(random_genotypes(SPACE, 1)[0])
+    ]
+
+
+def test_curves_are_seeded_per_architecture_and_epoch():
+    genotypes = random_genotypes(SPACE, 20)
+    a, b, c = SyntheticObjective(SPACE, 0), SyntheticObjective(SPACE, 0), SyntheticObjective(SPACE, 1)
+    assert [a.curve(g, 9) for g in genotypes] == [b.curve(g, 9) for g in genotypes]
+    assert [a.curve(g, 9) for g in genotypes] != [c.curve(g, 9) for g in genotypes]
+    for g in genotypes:  # the same cell written another way learns the same way
+        assert a.curve(swap_halves(g), 9) == a.curve(g, 9) == a.curve(g.canonical(), 9)
+    smooth = SyntheticObjective(SPACE, 0, curve_noise=0.0)
+    for g in genotypes:  # without the per-epoch noise a curve rises from chance level to the reward
+        curve = smooth.curve(g, 9)
+        assert all(x < y for x, y in zip(curve, curve[1:])) and curve[0] > 0.1
+
+
+def test_curves_cross_so_an_early_ranking_is_an_imperfect_guess():
+    objective = SyntheticObjective(SPACE, 0, noise=0.01)
+    curves = [objective.curve(g, 20) for g in random_genotypes(SPACE, 1000)]
+    final = ranks([c[-1] for c in curves])
+    rho = {e: statistics.correlation(ranks([c[e - 1] for c in curves]), final) for e in (1, 3, 10)}
+    assert 0.4 < rho[1] < 0.7 and 0.55 < rho[3] < 0.8 and 0.85 < rho[10] < 0.97
+    assert rho[1] < rho[3] < rho[10]
+    # Plenty of pairs swap places between the first and the last epoch.
+    pairs = itertools.combinations(range(200), 2)
+    swapped = sum((curves[i][0] - curves[j][0]) * (curves[i][-1] - curves[j][-1]) < 0 for i, j in pairs)
+    assert swapped > 0.15 * 200 * 199 / 2
+
+
+def test_curves_are_the_same_from_many_threads():
+    objective = SyntheticObjective(SPACE, 2)
+    genotypes = random_genotypes(SPACE, 50)
+    expected = [objective.curve(g, 12) for g in genotypes]
+    seen = []
+
+    def work():
+        seen.append([objective.curve(g, 12) for g in genotypes])
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [expected] * 4
+
+
+def test_train_reports_every_epoch_and_stops_when_told():
+    objective = SyntheticObjective(SPACE, 0)
+    g = random_genotypes(SPACE, 1)[0]
+    reported = []
+    assert objective.train(g, 5, lambda e, v: reported.append((e, v))) == objective(g)
+    assert reported == list(enumerate(objective.curve(g, 5), start=1))
+    reported.clear()
+    assert objective.train(g, 5, lambda e, v: reported.append(e) or e < 2) is None
+    assert reported == [1, 2]
+    assert SyntheticObjective(SPACE, 0, failure_rate=1.0).train(g, 5, reported.append) is None
+    timed = SyntheticObjective(SPACE, 0, duration_s=0.4)
+    started = time.monotonic()
+    timed.train(g, 4, lambda e, v: e < 2)  # stopped after half the epochs: about half the time
+    assert 0.2 <= time.monotonic() - started < 0.35
+    with pytest.raises(ValueError):
+        objective.curve(g, 0)

@@ -22,3 +22,13 @@ def test_an_unknown_role_is_refused(capsys):
         main(["bogus"])
     assert exc.value.code == 2
     assert "invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+def test_the_controller_runs_torch_on_one_thread_unless_told(capsys, monkeypatch):
+    """A PPO update is small: torch's thread per core only fights the web tier and PostgreSQL."""
+    monkeypatch.delenv("NAS_CONTROLLER_THREADS", raising=False)
+    main(["controller", "--dry-run"])
+    assert capsys.readouterr().out.startswith("OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ")
+    monkeypatch.setenv("NAS_CONTROLLER_THREADS", "4")
+    main(["controller", "--dry-run"])
+    assert capsys.readouterr().out.startswith("OMP_NUM_THREADS=4 MKL_NUM_THREADS=4 ")

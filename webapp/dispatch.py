@@ -118,3 +118,36 @@ def clear_advance_request(search_id: int) -> None:
             client.delete(PENDING_KEY % search_id)
     except Exception:  # noqa: BLE001 - the flag expires on its own
         log.warning("could not clear the advance flag of search %s", search_id, exc_info=True)
+
+
+# Searches the advance held back because their team had its whole share of the gpu queue
+# (NAS_MAX_ACTIVE_RUNS_PER_TEAM), per team: the next run of the team to end wakes them. A set
+# in Redis, so a finished child costs one SPOP-like call rather than a database query. Lost
+# with Redis, nothing is stuck: the reaper advances searches that have nothing running.
+HELD_KEY = "nasnet:held-back:%s"
+
+
+def hold_back(team_id: int, search_id: int) -> None:
+    client = _flag_client()
+    try:
+        if client is not None:
+            client.sadd(HELD_KEY % team_id, search_id)
+    except Exception:  # noqa: BLE001 - the reaper advances it instead
+        log.warning("could not mark search %s as held back", search_id, exc_info=True)
+
+
+def take_held_back(team_id: int) -> list[int] | None:
+    """The team's held-back searches, now forgotten (each is advanced once by the caller);
+    None when there is no Redis to ask (the caller then asks the database)."""
+    client = _flag_client()
+    if client is None:
+        return None
+    try:
+        pipe = client.pipeline()  # MULTI/EXEC: read and forget at once, so a search is woken once
+        pipe.smembers(HELD_KEY % team_id)
+        pipe.delete(HELD_KEY % team_id)
+        members, _ = pipe.execute()
+    except Exception:  # noqa: BLE001 - asked again from the database
+        log.warning("held-back searches of team %s unavailable", team_id, exc_info=True)
+        return None
+    return sorted(int(member) for member in members)

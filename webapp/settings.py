@@ -107,6 +107,26 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+# The web server's connections (compose's web service sets DATABASE_POOL_SIZE): a pool of at
+# most that many per process, kept open between requests. A connection per request (the
+# default, DATABASE_CONN_MAX_AGE=0) costs PostgreSQL about 7 ms of CPU to start a backend and
+# fill its catalog caches, as much as a request's own queries, and as many connections as
+# requests in flight; persistent connections (CONN_MAX_AGE > 0) leak under ASGI, where every
+# request runs in a thread of its own, so a pool is how Django keeps them there. A request
+# holds its connection to the end, and a request (or a websocket's query) that finds none free
+# waits for one. Not for the Celery workers: a forked pool process must not inherit its
+# parent's pool (they keep persistent connections instead).
+DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 0, minimum=0)
+if DATABASE_POOL_SIZE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them; Django refuses both at once
+    # A pooled connection is checked (one round trip) before each use: one that a PostgreSQL
+    # restart closed is replaced rather than failing a request.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_SIZE,
+        "timeout": 30.0,  # seconds a request waits for a free connection before it fails
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

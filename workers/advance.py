@@ -5,13 +5,15 @@ Serialized per search by a row lock (SELECT ... FOR UPDATE on the Search):
 - cancelling: active child runs -> cancelled, the search -> cancelled. Workers training
   one of them notice (their run is no longer theirs) and stop.
 - paused: nothing (running children finish and write their results; nobody tells them).
-- queued / running: restore the strategy from `Search.checkpoint` (or build it from the
-  spec), tell it every finished, untold architecture in sample_index order (reward ->
-  tell, failure -> tell_failure), ask for as many proposals as there are free parallel
-  slots and budget left, write Architecture + ChildRun rows in bulk (a duplicate of an
-  architecture that already has a reward is `reused` and told at once, when the spec
-  asks for it; failures are never reused), save the checkpoint and the counters in the
-  same transaction, and after commit dispatch `train_child` for each new run.
+- queued / running: restore the strategy from its checkpoint (workers/strategy_store: in
+  pieces, only the changed ones written) or build it from the spec, tell it every
+  finished, untold architecture in sample_index order (reward -> tell, failure ->
+  tell_failure; a result whose child.finished event is missing gets it), ask for as
+  many proposals as there are free parallel slots and budget left, write Architecture +
+  ChildRun rows in bulk (a duplicate of an architecture that already has a reward is
+  `reused` and told at once, when the spec asks for it; failures are never reused), save
+  the checkpoint and the counters in the same transaction, and after commit dispatch
+  `train_child` for each new run.
   Budget spent and everything told -> finished. Any unexpected error -> failed, with
   the error text in `Search.error`.
 
@@ -41,46 +43,45 @@ from django.utils import timezone
 from nas_engine.counting import describe
 from nas_engine.genotype import Genotype
 from nas_engine.spec import SearchSpec
-from nas_engine.strategies import Strategy, restore_into
-from nas_engine.strategies.base import checkpoint_bytes, parse_checkpoint
+from nas_engine.strategies import Strategy
 from webapp import dispatch
 from webapp.live import events as live
 from webapp.searches import models as m
 from webapp.searches import services
+from workers import strategy_store
 from workers.resources import dataset_for
 
 log = logging.getLogger("nasnet.worker")
 
 RUN_FINISHED = (m.RUN_SUCCEEDED, m.RUN_FAILED, m.RUN_REUSED)
-# The strategy this process last committed per search, with the version it committed: a
-# controller advancing the same search again skips deserialising the checkpoint.
-_strategies: dict[int, tuple[tuple, Strategy]] = {}
-
-
-# -- strategy checkpoints as bytes (nas_engine.strategies.base.checkpoint_bytes) ------------
-def strategy_to_bytes(strategy: Strategy) -> bytes:
-    return checkpoint_bytes(strategy)
-
-
-def strategy_from_bytes(data: bytes, spec: SearchSpec) -> Strategy:
-    payload = parse_checkpoint(data, "search checkpoint")
-    strategy = spec.make_strategy()
-    restore_into(strategy, payload)
-    return strategy
+# What a step changes on the Search row: only these are written (the spec is ~1 kB of JSON).
+STEP_FIELDS = [
+    "status",
+    "finished_at",
+    "checkpoint_at",
+    "children_sampled",
+    "children_done",
+    "children_failed",
+    "children_reused",
+    "best_reward",
+    "best_architecture",
+    "updated_at",
+]
+# The strategy this process last committed per search, with the version it committed and
+# the digests of its stored pieces: a controller advancing the same search again skips
+# reading and deserialising the checkpoint.
+_strategies: dict[int, tuple[tuple, Strategy, dict[str, str]]] = {}
 
 
 def load_strategy(search: m.Search) -> Strategy:
-    spec = search.parsed_spec
-    if search.checkpoint_at is not None:
-        return strategy_from_bytes(search.checkpoint, spec)
-    return spec.make_strategy()
+    return strategy_store.load(search)
 
 
 def advance(search_id: int) -> None:
     dispatch.clear_advance_request(search_id)  # before reading: a result written from now on asks again
     try:
         with transaction.atomic():
-            search = _locked(m.Search.objects.defer("checkpoint")).filter(pk=search_id).first()
+            search = _locked(m.Search.objects).filter(pk=search_id).first()
             if search is None:
                 log.info("advance: search %s no longer exists", search_id)
                 return
@@ -137,13 +138,17 @@ def _step(search: m.Search) -> None:
     finished = [row for row in untold if row[2] in RUN_FINISHED]
     active = sum(row[2] in m.RUN_ACTIVE for row in untold)
     team_free = _team_free(search)
-    free = min(spec.parallel - active, search.children_total - search.children_sampled, team_free)
+    wanted = min(spec.parallel - active, search.children_total - search.children_sampled)
+    free = min(wanted, team_free)
+    if team_free < wanted:
+        dispatch.hold_back(search.team_id, search.id)  # its team's next run to end wakes it
     if search.status == m.RUNNING and search.checkpoint_at and not finished and free <= 0:
         return  # a repeated kick: nothing arrived, no slot is free
     events: list[tuple[str, dict]] = []  # live events of this advance, written in one go
     old_status = search.status
     cached = _strategies.pop(search.id, None)
-    strategy = cached[1] if cached and cached[0] == _version(search) else load_strategy(search)
+    fresh = cached is not None and cached[0] == _version(search)
+    strategy, stored = (cached[1], cached[2]) if fresh else (load_strategy(search), None)
     if search.status == m.QUEUED:
         search.started_at = search.started_at or timezone.now()
         _set_status(search, m.RUNNING, started_at=search.started_at)
@@ -157,20 +162,19 @@ def _step(search: m.Search) -> None:
         if not reused:
             break
         free = min(spec.parallel - active, search.children_total - search.children_sampled, team_free)
-    search.checkpoint = strategy_to_bytes(strategy)
-    search.checkpoint_at = timezone.now()
+    stored = strategy_store.save(search, strategy, stored)
     if search.children_sampled >= search.children_total and not strategy.pending():
         search.status = m.FINISHED
         search.finished_at = timezone.now()
         log.info("search %s: running -> finished (best reward %s)", search.id, search.best_reward)
-    search.save()
+    search.save(update_fields=STEP_FIELDS)
     if events or search.status != old_status:
         events.append(live.status(search))
-    live.publish_many(search.id, events)
+    live.publish_many(search.id, events, search_held=True)
     if search.status == m.FINISHED and old_status != m.FINISHED:
         services.start_follow_ups(search)  # its noise floor, its top-K selection (the spec's)
     version = _version(search)
-    transaction.on_commit(lambda: _strategies.__setitem__(search.id, (version, strategy)))
+    transaction.on_commit(lambda: _strategies.__setitem__(search.id, (version, strategy, stored)))
     for run_id in to_dispatch:
         dispatch.send_on_commit(dispatch.TASK_TRAIN_CHILD, run_id)
 
@@ -199,20 +203,36 @@ def _record(search: m.Search, arch_id: int, status: str, reward: float | None) -
 
 
 def _untold_runs(search: m.Search) -> list[tuple]:
-    """(architecture id, sample index, run status, reward) of the children not yet told:
-    the active ones and those whose result waits to be told."""
+    """(architecture id, sample index, run status, reward, announced) of the children not yet
+    told: the active ones and those whose result waits to be told."""
     return list(
         m.ChildRun.objects.filter(architecture__search=search, architecture__told=False)
         .order_by("architecture__sample_index")
-        .values_list("architecture_id", "architecture__sample_index", "status", "reward")
+        .values_list("architecture_id", "architecture__sample_index", "status", "reward", "announced")
     )
+
+
+def _announce_missing(rows: list[tuple], events: list) -> None:
+    """child.finished events of results whose worker died after writing them and before
+    storing the event (ChildRun.announced): told now, so announced now, in this transaction.
+    A worker still about to announce waits for this transaction (it locks the Search row
+    first) and then finds the run announced."""
+    missing = {row[0]: row[1] for row in rows if not row[4]}
+    if not missing:
+        return
+    runs = list(m.ChildRun.objects.filter(architecture_id__in=missing, announced=False).order_by("architecture_id"))
+    m.ChildRun.objects.filter(id__in=[run.id for run in runs]).update(announced=True)
+    for run in runs:
+        events.append(live.finished(run, missing[run.architecture_id]))
+        log.warning("child run %s: its result had no child.finished event (its worker stopped); published", run.id)
 
 
 def _tell(search: m.Search, strategy: Strategy, rows: list[tuple], events: list) -> None:
     """Tell the strategy, in sample_index order; mark the architectures told."""
     if not rows:
         return
-    for arch_id, index, status, reward in rows:
+    _announce_missing(rows, events)
+    for arch_id, index, status, reward, _ in rows:
         if status == m.RUN_FAILED or reward is None:
             stats = strategy.tell_failure(index)
             _record(search, arch_id, m.RUN_FAILED, None)
@@ -258,7 +278,9 @@ def _sample(search: m.Search, spec: SearchSpec, strategy: Strategy, n: int, even
         if reward is not None:
             updates.append(strategy.tell(p.id, reward))
             _record(search, arch.id, m.RUN_REUSED, reward)
-            runs.append(m.ChildRun(architecture=arch, status=m.RUN_REUSED, reward=reward, finished_at=now))
+            runs.append(
+                m.ChildRun(architecture=arch, status=m.RUN_REUSED, reward=reward, finished_at=now, announced=True)
+            )
         else:
             updates.append(None)
             runs.append(m.ChildRun(architecture=arch, status=m.RUN_QUEUED, dispatched_at=now))

@@ -13,6 +13,8 @@ import logging
 import time
 import traceback
 
+from django.db import transaction
+
 from nas_engine.genotype import Genotype
 from nas_engine.trainer import train_child
 from webapp import dispatch
@@ -23,10 +25,6 @@ from workers.leases import LeaseReporter, lease_kept, worker_id
 from workers.resources import dataset_for, device, objective_for
 
 log = logging.getLogger("nasnet.worker")
-
-
-# What ChildRun.finish() and the heartbeats write that the run's to_dict() shows.
-RESULT_FIELDS = ("status", "epochs", "reward", "wall_time", "error", "finished_at", "lease_expires_at")
 
 
 def claim(run_id: int) -> m.ChildRun | None:
@@ -43,8 +41,7 @@ def finish(run: m.ChildRun, status: str, *, reward=None, error: str = "", wall_t
         return False
     arch = run.architecture
     search_id = arch.search_id
-    run.refresh_from_db(fields=RESULT_FIELDS)  # the row as finish() left it, for its event
-    live.publish(search_id, *live.finished(run, arch.sample_index))
+    announce_finished(run, search_id, arch.sample_index)
     took = f" after {wall_time:.1f} s" if wall_time is not None else ""
     if status == m.RUN_SUCCEEDED:
         log.info("child run %s of search %s finished: reward %.4f%s", run.pk, search_id, reward, took)
@@ -53,22 +50,38 @@ def finish(run: m.ChildRun, status: str, *, reward=None, error: str = "", wall_t
     else:
         log.info("child run %s of search %s %s%s: %s", run.pk, search_id, status, took, error)
     dispatch.request_advance(search_id)
-    _kick_held_back(arch.search.team_id, search_id)
+    # A run of the team ended, so a slot of its share of the gpu queue is free: the searches
+    # the advance held back for it get no result to wake them (advance._team_free).
+    for held in _held_back(arch.search.team_id, search_id):
+        dispatch.request_advance(held)
     return True
 
 
-def _kick_held_back(team_id: int, search_id: int) -> None:
-    """A run of the team ended, so a slot of its share of the gpu queue is free
-    (advance._team_free): its other running searches that have nothing queued or running
-    get no result to wake them, so ask for their advance here."""
-    held = (
-        m.Search.objects.filter(team_id=team_id, status__in=m.SEARCH_ADVANCING)
-        .exclude(pk=search_id)
-        .exclude(architectures__runs__status__in=m.RUN_ACTIVE)
-        .values_list("id", flat=True)
-    )
-    for other in held:
-        dispatch.request_advance(other)
+def _held_back(team_id: int, search_id: int) -> list[int]:
+    """The team's other searches waiting for a slot of its share (dispatch.hold_back), or,
+    without Redis to say, its running searches with nothing queued or running."""
+    held = dispatch.take_held_back(team_id)
+    if held is None:
+        held = (
+            m.Search.objects.filter(team_id=team_id, status__in=m.SEARCH_ADVANCING)
+            .exclude(architectures__runs__status__in=m.RUN_ACTIVE)
+            .values_list("id", flat=True)
+        )
+    return [other for other in held if other != search_id]
+
+
+def announce_finished(run: m.ChildRun, search_id: int, sample_index: int) -> None:
+    """Store (and send after commit) the run's child.finished event, exactly once.
+
+    The event and ChildRun.announced are written in one transaction, after the result's own:
+    a worker killed in between leaves announced false, and the advance that tells the result
+    publishes the event instead (advance._announce_missing). The Search row is locked first,
+    as every publisher does, so this waits for such an advance rather than deadlocking."""
+    with transaction.atomic():
+        live.hold_search(search_id)
+        if m.ChildRun.objects.filter(pk=run.pk, announced=False).update(announced=True):
+            run.announced = True
+            live.publish(search_id, *live.finished(run, sample_index), search_held=True)
 
 
 def retry_or_fail(run: m.ChildRun, error: str) -> None:

@@ -20,9 +20,8 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from webapp import dispatch
-from webapp.live import events as live
 from webapp.searches import models as m
-from workers import fleet, selection_runs
+from workers import child_runs, fleet, selection_runs
 
 log = logging.getLogger("nasnet.worker")
 
@@ -80,9 +79,10 @@ def reap() -> dict:
         for run_id in [run.id for run in requeued_selection_runs] + selection_redispatched:
             dispatch.send_on_commit(dispatch.TASK_TRAIN_SELECTION, run_id)
     # After the transaction: publishing locks the Search row, which an advance may hold
-    # while it waits for the child runs locked above.
+    # while it waits for the child runs locked above. Stopped in between, the advance that
+    # tells these runs publishes their events instead (ChildRun.announced).
     for run, search_id, sample_index in given_up:
-        live.publish(search_id, *live.finished(run, sample_index))
+        child_runs.announce_finished(run, search_id, sample_index)
     for selection_id in sorted({run.selection_id for run in failed_selection_runs}):
         selection_runs.settle(selection_id)  # a run given up may have been the last one
     if redispatched or selection_redispatched or jobs_redispatched:

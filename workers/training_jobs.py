@@ -21,7 +21,7 @@ from django.conf import settings
 
 from nas_engine.bundle import save_bundle
 from nas_engine.genotype import Genotype
-from nas_engine.limits import check_cost
+from nas_engine.limits import check_cost, training_cost
 from nas_engine.trainer import Recipe, train_child
 from nas_engine.transfer import fit_recipe, penultimate_filters
 from webapp.live import events as live
@@ -120,7 +120,8 @@ def _fit_to_budget(job: m.TrainingJob, genotype: Genotype, recipe: Recipe, data)
     deployment = services.limits()
     deployment.check_recipe(fitted, "recipe")
     images = len(data.train_labels)
-    check_cost(deployment, "max_job_cost", counts.mult_adds * images * fitted.epochs, "recipe", fitted, images)
+    cost = training_cost(counts.mult_adds, images, fitted.epochs)
+    check_cost(deployment, "max_job_cost", cost, "recipe", fitted, images)
     n_at_p = f"{fitted.repeats}@{penultimate_filters(genotype, fitted.filters)}"
     record = {
         "repeats": fitted.repeats,

@@ -5,6 +5,12 @@ is trained on the data set (objective `accuracy`, the paper's reward) or scored 
 training-free synthetic objective (`synthetic`, for trying strategies in seconds), the
 reward goes back to the strategy, and a checkpoint after every child lets `--resume`
 continue an interrupted search exactly where it stopped.
+
+`--early-stop asha|median` ends poor children early (nas_engine.early_stopping): both
+objectives report a validation value after every epoch (the synthetic one from its seeded
+learning curves), and the summary counts the child epochs actually trained. The settings
+live beside the strategy in the search's checkpoint, not in a SearchSpec: the service
+does not run early stopping yet, so its spec does not take them.
 """
 
 from __future__ import annotations
@@ -27,13 +33,15 @@ from nas_engine.commands.options import (
     recipe_from_args,
     resolve_device,
 )
+from nas_engine.early_stopping import RULES, EarlyStop, check_epochs, parse_early_stop
 from nas_engine.genotype import Genotype
 from nas_engine.search import ChildResult, run_search
 from nas_engine.space import OPS, SearchSpace
 from nas_engine.spec import DEFAULT_CHILD
 from nas_engine.strategies import STRATEGIES, StrategyError, make_strategy, read_checkpoint
+from nas_engine.strategies.base import STOPPED_REWARDS
 from nas_engine.synthetic import SyntheticObjective
-from nas_engine.trainer import train_child
+from nas_engine.trainer import EpochMetrics, Reporter, train_child
 
 # The same small search-time child as a spec's default (N = 1, F = 8, 3 epochs).
 SEARCH_CHILD_DEFAULTS = DEFAULT_CHILD
@@ -62,6 +70,16 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--json", action="store_true", help="print the final summary as JSON")
     group.add_argument("--synthetic-noise", type=float, default=0.0, help="synthetic: reward noise (std)")
     group.add_argument("--synthetic-duration", type=float, default=0.0, help="synthetic: seconds per child")
+    stop = parser.add_argument_group(
+        "early stopping", "End poor children before their full training (default: the checkpoint's with --resume)."
+    )
+    stop.add_argument("--early-stop", choices=RULES, help="the rule (default none: train every child in full)")
+    stop.add_argument("--min-epochs", type=int, help="asha: the first rung; median: the grace period (default 1)")
+    stop.add_argument("--reduction-factor", type=int, help="asha: keep the top 1/eta at each rung (default 3)")
+    stop.add_argument("--min-peers", type=int, help="median: peers needed at an epoch to judge (default 3)")
+    stop.add_argument(
+        "--stopped-reward", choices=STOPPED_REWARDS, help="what PPO/REINFORCE learn from a stopped child (default rung)"
+    )
     space = parser.add_argument_group("search space")
     space.add_argument("--ops", help=f"comma-separated op subset (default all 13: {','.join(OPS)})")
     space.add_argument("--num-blocks", "-B", type=int, help="blocks per cell (default 5)")
@@ -113,6 +131,23 @@ def strategy_from_args(args: argparse.Namespace):
     return make_strategy(name, space, settings, seed=seed), space
 
 
+EARLY_STOP_OPTIONS = ("early_stop", "min_epochs", "reduction_factor", "min_peers", "stopped_reward")
+
+
+def early_stop_from_args(args: argparse.Namespace) -> EarlyStop:
+    """The options given, over the checkpoint's settings with --resume (the loop refuses
+    a mismatch), over the defaults."""
+    given = {key: getattr(args, key) for key in EARLY_STOP_OPTIONS if getattr(args, key) is not None}
+    base = {}
+    if args.resume is not None:
+        base = dict((read_checkpoint(args.resume).get("loop") or {}).get("early_stop") or {})
+    if "early_stop" in given:
+        given["rule"] = given.pop("early_stop")
+    settings = parse_early_stop({**base, **given})
+    check_epochs(settings, args.epochs)
+    return settings
+
+
 def settings_from_args(args: argparse.Namespace) -> dict:
     if not args.settings:
         return {}
@@ -126,7 +161,10 @@ def settings_from_args(args: argparse.Namespace) -> dict:
 
 
 def make_evaluate(args: argparse.Namespace, space: SearchSpace):
-    """The reward function, and a one-line description of it."""
+    """`evaluate(genotype, report)` (it reports each epoch's validation value to the search
+    loop and stops when told to), and a one-line description of it."""
+    if args.epochs < 1:
+        raise StrategyError("epochs", f"must be a positive integer, got {args.epochs}")
     if args.objective == "synthetic":
         try:
             objective = SyntheticObjective(
@@ -134,7 +172,11 @@ def make_evaluate(args: argparse.Namespace, space: SearchSpace):
             )
         except ValueError as exc:
             raise StrategyError("objective", str(exc)) from None
-        return objective, f"synthetic objective (optimum {objective.optimum()[1]:.4f})"
+
+        def synthetic(genotype: Genotype, report) -> float | None:
+            return objective.train(genotype, args.epochs, report)
+
+        return synthetic, f"synthetic objective (optimum {objective.optimum()[1]:.4f}), {args.epochs} epochs"
     repeats = args.repeats or SEARCH_CHILD_DEFAULTS["repeats"]
     recipe = recipe_from_args(args, repeats, args.filters or SEARCH_CHILD_DEFAULTS["filters"], stem_multiplier=3.0)
     device = resolve_device(args.device)
@@ -145,15 +187,49 @@ def make_evaluate(args: argparse.Namespace, space: SearchSpace):
     # --parallel keeps several proposals outstanding (which is what changes the search).
     lock = threading.Lock()
 
-    def evaluate(genotype: Genotype) -> float | None:
+    def evaluate(genotype: Genotype, report) -> float | None:
         with lock:
-            return train_child(genotype, recipe, data, device=device).reward
+            return train_child(genotype, recipe, data, device=device, reporter=_EpochReporter(report, lock)).reward
 
     n_train, n_val = len(data.train_labels), len(data.val_labels)
     return evaluate, (
         f"validation accuracy on {data.name} ({n_train} train / {n_val} val), "
         f"children N={recipe.repeats} F={recipe.filters}, {recipe.epochs} epochs on {device}"
     )
+
+
+class _EpochReporter(Reporter):
+    """Hands each epoch's validation accuracy to the search loop and stops the child when
+    the loop says so (the trainer checks `should_stop` before the next batch)."""
+
+    def __init__(self, report, lock: threading.Lock):
+        self.report, self.lock, self.go_on = report, lock, True
+
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        # The loop may hold this child until earlier children reach this epoch: hand the
+        # cores to them meanwhile, and take this child's random state back afterwards so
+        # its training is the same as if it had never waited.
+        states = _rng_states()
+        self.lock.release()
+        try:
+            self.go_on = self.report(metrics.epoch, metrics.val_acc)
+        finally:
+            self.lock.acquire()
+            _set_rng_states(states)
+
+    def should_stop(self) -> bool:
+        return not self.go_on
+
+
+def _rng_states() -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def _set_rng_states(states: tuple) -> None:
+    cpu, cuda = states
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 class SearchProgress:
@@ -169,7 +245,7 @@ class SearchProgress:
             self.log = (output / "children.jsonl").open("a")
 
     def on_result(self, result: ChildResult) -> None:
-        if result.reward is not None:
+        if result.reward is not None and not result.stopped:  # a rung value is not a final reward
             self.recent.append(result.reward)
             self.best = result.reward if self.best is None else max(self.best, result.reward)
         self.bar.update(1)
@@ -180,6 +256,8 @@ class SearchProgress:
                 "id": result.proposal_id,
                 "status": result.status,
                 "reward": result.reward,
+                "epochs": result.epochs,
+                "stopped_at": result.fidelity.epochs if result.stopped else None,
                 "hash": result.genotype.canonical_hash(),
                 "genotype": result.genotype.to_dict(),
             }
@@ -200,6 +278,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and args.checkpoint.exists():
         raise CliError(f"--checkpoint: {args.checkpoint} exists; use --resume {args.checkpoint} to continue it")
     strategy, space = strategy_from_args(args)
+    early_stop = early_stop_from_args(args)
     if args.objective == "synthetic":
         # The controller's updates are the only tensor work: one thread avoids OpenMP
         # spinning against other processes for no gain on such small tensors.
@@ -207,7 +286,8 @@ def run_search_command(args: argparse.Namespace) -> int:
     evaluate, described = make_evaluate(args, space)
     show = not args.no_progress and not args.json
     if show:
-        print(f"{strategy.name} search, {args.children} children, reward = {described}", file=sys.stderr)
+        stopping = "" if not early_stop.active else f", early stopping {early_stop.rule}"
+        print(f"{strategy.name} search, {args.children} children, reward = {described}{stopping}", file=sys.stderr)
     progress = SearchProgress(args.children, show, args.output)
     try:
         summary = run_search(
@@ -219,6 +299,8 @@ def run_search_command(args: argparse.Namespace) -> int:
             on_result=progress.on_result,
             checkpoint_path=args.resume or args.checkpoint,
             resume=args.resume is not None,
+            epochs=args.epochs,
+            early_stop=early_stop,
         )
     finally:
         progress.close()
@@ -228,6 +310,11 @@ def run_search_command(args: argparse.Namespace) -> int:
         "children": summary.children,
         "failed": summary.failed,
         "reused": summary.reused,
+        "completed": summary.completed,
+        "stopped": summary.stopped,
+        "epochs": args.epochs,
+        "epochs_trained": summary.epochs_trained,
+        "early_stop": early_stop.to_dict(),
         "best_reward": summary.best_reward,
         "mean_reward_last_100": summary.mean_reward_last_100,
         "best_genotype": summary.best_genotype.to_dict() if summary.best_genotype else None,
@@ -243,9 +330,11 @@ def run_search_command(args: argparse.Namespace) -> int:
     if summary.best_reward is None:
         print(f"{summary.children} children, none succeeded ({summary.failed} failed)")
         return 1
+    stopped = f", {summary.stopped} stopped early" if early_stop.active else ""
+    trained = "" if summary.epochs_trained is None else f", {summary.epochs_trained} child epochs"
     print(
-        f"{summary.children} children ({summary.reused} reused, {summary.failed} failed) in {summary.duration:.1f}s: "
-        f"best reward {summary.best_reward:.4f}, "
+        f"{summary.children} children ({summary.reused} reused, {summary.failed} failed{stopped}){trained} "
+        f"in {summary.duration:.1f}s: best final reward {summary.best_reward:.4f}, "
         f"mean of the last {min(100, len(summary.history))} {summary.mean_reward_last_100:.4f}"
     )
     print(f"best genotype {result['best_hash'][:12]}: {summary.best_genotype.to_json()}")

@@ -30,7 +30,13 @@ from nas_engine.strategies.base import (
 from nas_engine.strategies.evolution import RegularizedEvolution
 from nas_engine.strategies.policy_gradient import PPO, Reinforce
 from nas_engine.strategies.random_search import RandomSearch
-from nas_engine.strategies.registry import STRATEGIES, default_settings, load_checkpoint, make_strategy
+from nas_engine.strategies.registry import (
+    STRATEGIES,
+    checked_settings,
+    default_settings,
+    load_checkpoint,
+    make_strategy,
+)
 
 __all__ = [
     "STRATEGIES",
@@ -43,6 +49,7 @@ __all__ = [
     "Strategy",
     "StrategyError",
     "UpdateStats",
+    "checked_settings",
     "default_settings",
     "load_checkpoint",
     "make_strategy",

@@ -11,6 +11,15 @@ Protocol
 - `tell(id, reward)` reports a finite reward and returns `UpdateStats` when that reward
   completed a controller minibatch (None otherwise, and always None for strategies
   without a controller).
+- `tell(id, reward, fidelity=...)` reports a child that early stopping (`nas_engine.
+  early_stopping`) may have ended before its full training: `Fidelity` says how many
+  epochs it trained, its values at the decision epochs it reached, and how a stopped
+  child's reward should teach. Without `fidelity` (or with one that is not stopped) a
+  reward is a full training's, exactly as before. What each strategy makes of a stopped
+  child is its own (`_observe_fidelity`; docs/early-stopping.md): random search ignores
+  it, evolution ranks children by how far they were trained, then by reward, PPO and REINFORCE
+  learn from the rung value against a per-rung baseline. A strategy that does not
+  override `_observe_fidelity` is told the rung value as if it were a reward.
 - `tell_failure(id)` reports that the child failed (crashed, diverged, ran out of memory).
   By default the proposal is dropped: no reward, no update, no population slot, because a
   failure is weak evidence about the architecture (a lost worker is not a bad cell). With
@@ -48,6 +57,11 @@ from nas_engine.space import SearchSpace
 
 CHECKPOINT_FORMAT = "nas_engine.strategy_checkpoint"
 CHECKPOINT_VERSION = 1
+# What a policy-gradient strategy learns from a stopped child (Fidelity.stopped_reward):
+# "rung": its value at the rung against a baseline kept per rung; "normalised": that
+# advantage rescaled by the spread of final rewards over the spread at the rung; "drop":
+# nothing (as a dropped failure). docs/early-stopping.md says why "rung" is the default.
+STOPPED_REWARDS = ("rung", "normalised", "drop")
 
 
 class StrategyError(FieldError):
@@ -61,6 +75,43 @@ class Proposal:
     id: int
     genotype: Genotype
     decisions: list[int]
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How much training a told reward stands for.
+
+    `epochs` of `max_epochs` were trained; `rungs` holds the child's (epoch, value) at
+    every decision epoch of early stopping that it reached, in order (for a stopped child
+    the last one is where it stopped, and its value is the reward told). A child trained
+    in full is not `stopped`, whatever its rungs."""
+
+    epochs: int
+    max_epochs: int
+    rungs: tuple[tuple[int, float], ...] = ()
+    stopped_reward: str = "rung"
+
+    @property
+    def stopped(self) -> bool:
+        return self.epochs < self.max_epochs
+
+    def check(self) -> Fidelity:
+        for name in ("epochs", "max_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise StrategyError(f"fidelity.{name}", f"must be an integer >= 1, got {value!r}")
+        if self.epochs > self.max_epochs:
+            raise StrategyError("fidelity.epochs", f"{self.epochs} exceeds max_epochs {self.max_epochs}")
+        if self.stopped_reward not in STOPPED_REWARDS:
+            raise StrategyError(
+                "fidelity.stopped_reward", f"must be one of {', '.join(STOPPED_REWARDS)}, got {self.stopped_reward!r}"
+            )
+        last = 0
+        for epoch, value in self.rungs:
+            if not last < epoch <= self.epochs or not math.isfinite(value):
+                raise StrategyError("fidelity.rungs", f"must be (epoch, finite value) pairs in order, got {self.rungs}")
+            last = epoch
+        return self
 
 
 @dataclass
@@ -145,7 +196,7 @@ class Strategy:
     """Base class: ids, pending proposals, reward checks, the state-dict envelope.
 
     A subclass sets `name` and `SETTINGS` and implements `_propose`, `_observe` and
-    `_state` / `_load_state` (and may override `_check_settings`).
+    `_state` / `_load_state` (and may override `check_settings`).
     """
 
     name: ClassVar[str] = ""
@@ -156,8 +207,7 @@ class Strategy:
             raise StrategyError("space", f"must be a SearchSpace, got {type(space).__name__}")
         self.space = space
         self.sizes = space.decision_sizes()
-        self.settings = resolve_settings(self.settings_spec(), settings)
-        self._check_settings()
+        self.settings = self.checked_settings(settings)
         self.seed = check_seed(seed)
         self._next_id = 0
         self._pending: dict[int, dict] = {}
@@ -165,6 +215,14 @@ class Strategy:
     @classmethod
     def settings_spec(cls) -> dict[str, Setting]:
         return {**COMMON_SETTINGS, **cls.SETTINGS}
+
+    @classmethod
+    def checked_settings(cls, settings: dict | None) -> dict:
+        """Every setting resolved (defaults filled in) and checked, without building anything:
+        a web request validates a spec with this, never with a controller and its optimizer."""
+        resolved = resolve_settings(cls.settings_spec(), settings)
+        cls.check_settings(resolved)
+        return resolved
 
     # -- public protocol -------------------------------------------------------------
     def ask(self, n: int) -> list[Proposal]:
@@ -182,10 +240,16 @@ class Strategy:
         """Proposals asked and not yet told, oldest first."""
         return [self._proposal(pid) for pid in sorted(self._pending)]
 
-    def tell(self, proposal_id: int, reward: float) -> UpdateStats | None:
+    def tell(self, proposal_id: int, reward: float, fidelity: Fidelity | None = None) -> UpdateStats | None:
+        """A finite reward; with `fidelity`, how far the child was trained (None: in full)."""
         if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
             raise StrategyError("reward", f"must be a finite number, got {reward!r}; use tell_failure for a failure")
-        return self._observe(proposal_id, self._take(proposal_id), float(reward))
+        if fidelity is None:
+            return self._observe(proposal_id, self._take(proposal_id), float(reward))
+        if not isinstance(fidelity, Fidelity):
+            raise StrategyError("fidelity", f"must be a Fidelity, got {type(fidelity).__name__}")
+        fidelity.check()
+        return self._observe_fidelity(proposal_id, self._take(proposal_id), float(reward), fidelity)
 
     def tell_failure(self, proposal_id: int) -> UpdateStats | None:
         entry = self._take(proposal_id)
@@ -219,8 +283,9 @@ class Strategy:
             raise StrategyError("state", f"incomplete or malformed {self.name} state ({exc})") from exc
 
     # -- for subclasses ----------------------------------------------------------------
-    def _check_settings(self) -> None:
-        """Cross-field checks of `self.settings`; raise StrategyError naming the field."""
+    @classmethod
+    def check_settings(cls, settings: dict) -> None:
+        """Cross-field checks of resolved settings; raise StrategyError naming the field."""
 
     def _propose(self, n: int) -> list[tuple[list[int], dict]]:
         """n (decisions, extra data kept with the pending proposal) pairs."""
@@ -229,6 +294,10 @@ class Strategy:
     def _observe(self, proposal_id: int, entry: dict, reward: float) -> UpdateStats | None:
         """A pending proposal (its `entry`) got `reward`."""
         raise NotImplementedError
+
+    def _observe_fidelity(self, proposal_id: int, entry: dict, reward: float, fidelity: Fidelity) -> UpdateStats | None:
+        """A reward told with its fidelity; by default the fidelity is ignored."""
+        return self._observe(proposal_id, entry, reward)
 
     def _state(self) -> dict:
         return {}
@@ -254,29 +323,50 @@ class Strategy:
 def checkpoint_bytes(strategy: Strategy, *, loop: dict | None = None) -> bytes:
     """The strategy's complete checkpoint (and optionally the search loop's state) as bytes.
 
-    Files (`save_checkpoint`) and the service's database column hold exactly these bytes.
+    Files (`save_checkpoint`) hold exactly these bytes; the service keeps the same payload
+    in pieces (`checkpoint_payload`).
     """
-    payload = {
+    return to_bytes(checkpoint_payload(strategy, strategy.state_dict(), loop=loop))
+
+
+def checkpoint_payload(strategy: Strategy, state: dict, *, loop: dict | None = None) -> dict:
+    """The checkpoint as a dict: the envelope (format, version, what the strategy is) and
+    `state` (its state_dict(); the service stores the envelope with an empty state and each
+    entry of the state apart, workers/strategy_store.py)."""
+    return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "strategy": strategy.name,
         "settings": dict(strategy.settings),
         "seed": strategy.seed,
         "space": strategy.space.to_dict(),
-        "state": strategy.state_dict(),
+        "state": state,
         "loop": loop,
     }
+
+
+def to_bytes(value: object) -> bytes:
+    """torch.save bytes, loadable with weights_only=True (tensors, containers, numbers)."""
     buffer = io.BytesIO()
-    torch.save(payload, buffer)
+    torch.save(value, buffer)
     return buffer.getvalue()
+
+
+def from_bytes(data: bytes, where: str) -> object:
+    """What to_bytes wrote; StrategyError naming `where` if it is unreadable."""
+    try:
+        return torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign data
+        raise StrategyError("checkpoint", f"{where}: unreadable, truncated or not a checkpoint ({exc})") from exc
 
 
 def parse_checkpoint(data: bytes, where: str = "checkpoint") -> dict:
     """The payload of checkpoint bytes, its envelope checked (`where` names the source)."""
-    try:
-        payload = torch.load(io.BytesIO(bytes(data)), map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign data
-        raise StrategyError("checkpoint", f"{where}: unreadable, truncated or not a checkpoint ({exc})") from exc
+    return check_envelope(from_bytes(data, where), where)
+
+
+def check_envelope(payload: object, where: str = "checkpoint") -> dict:
+    """`payload` if it is a checkpoint this code reads; StrategyError naming the field if not."""
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise StrategyError("checkpoint", f"{where}: not a strategy checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:

@@ -15,6 +15,16 @@ defaults here. Not given by the paper, so documented choices:
   summed over decisions, averaged over the minibatch; added as a bonus to maximise.
 - No advantage normalisation, no gradient clipping (the paper mentions neither).
 
+Early stopping (`Fidelity`, docs/early-stopping.md): a child stopped at a rung is told its
+value there. Values at an early rung are lower than final rewards, so comparing them with
+the final baseline would punish every stopped child for being stopped; instead each
+decision epoch keeps its own EMA baseline (same decay), fed by the value of *every*
+trained child that reached it (stopped there or not), and a stopped child's advantage is
+its value minus the baseline of its rung. Children trained in full are told exactly as
+without early stopping. `stopped_reward` "normalised" also rescales that advantage by the
+ratio of the EMA standard deviations of final rewards and of values at the rung; "drop"
+teaches nothing from stopped children.
+
 REINFORCE (Zoph & Le 2017) uses the same controller, baseline and entropy bonus with the
 plain policy-gradient loss, one Adam step per minibatch. With parallel children an
 architecture may be sampled before an update and told after it; REINFORCE then uses it
@@ -30,10 +40,11 @@ reward and baseline.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 
-from nas_engine.strategies.base import Setting, Strategy, UpdateStats
+from nas_engine.strategies.base import Fidelity, Setting, Strategy, UpdateStats
 from nas_engine.strategies.controller import Controller
 
 PG_SETTINGS = {
@@ -67,6 +78,8 @@ class PolicyGradient(Strategy):
         )
         self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=s["lr"])
         self._baseline: float | None = None
+        self._final_var = 0.0  # EMA variance of final rewards told with a fidelity ("normalised")
+        self._rungs: dict[int, tuple[float, float]] = {}  # decision epoch -> EMA mean and variance
         self._buffer: list[dict] = []  # told, not yet used: decisions, log_prob, reward, advantage
         self._updates = 0
 
@@ -81,6 +94,31 @@ class PolicyGradient(Strategy):
         advantage = 0.0 if self._baseline is None else reward - self._baseline
         decay = self.settings["baseline_decay"]
         self._baseline = reward if self._baseline is None else decay * self._baseline + (1 - decay) * reward
+        return self._push(entry, reward, advantage)
+
+    def _observe_fidelity(self, proposal_id: int, entry: dict, reward: float, fidelity: Fidelity):
+        mode = fidelity.stopped_reward
+        if not fidelity.stopped:
+            if self._baseline is not None:
+                self._final_var = _ema(self._baseline, self._final_var, reward, self.settings["baseline_decay"])[1]
+            self._record_rungs(fidelity)
+            return self._observe(proposal_id, entry, reward)
+        if mode == "drop":
+            return None
+        mean, var = self._rungs.get(fidelity.epochs, (None, 0.0))
+        advantage = 0.0 if mean is None else reward - mean
+        if mode == "normalised" and var > 0 and self._final_var > 0:
+            advantage *= math.sqrt(self._final_var / var)
+        self._record_rungs(fidelity)
+        return self._push(entry, reward, advantage)
+
+    def _record_rungs(self, fidelity: Fidelity) -> None:
+        decay = self.settings["baseline_decay"]
+        for epoch, value in fidelity.rungs:
+            mean, var = self._rungs.get(epoch, (None, 0.0))
+            self._rungs[epoch] = (value, 0.0) if mean is None else _ema(mean, var, value, decay)
+
+    def _push(self, entry: dict, reward: float, advantage: float) -> UpdateStats | None:
         self._buffer.append(
             {
                 "decisions": list(entry["decisions"]),
@@ -133,6 +171,8 @@ class PolicyGradient(Strategy):
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "generator": self._generator.get_state(),
             "baseline": self._baseline,
+            "final_var": self._final_var,
+            "rungs": {epoch: list(stats) for epoch, stats in self._rungs.items()},
             "buffer": copy.deepcopy(self._buffer),
             "updates": self._updates,
         }
@@ -142,10 +182,19 @@ class PolicyGradient(Strategy):
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self._generator.set_state(state["generator"])
         self._baseline = None if state["baseline"] is None else float(state["baseline"])
+        # Checkpoints written before early stopping have neither: nothing was told at a rung.
+        self._final_var = float(state.get("final_var", 0.0))
+        self._rungs = {int(e): (float(m), float(v)) for e, (m, v) in state.get("rungs", {}).items()}
         self._buffer = copy.deepcopy(state["buffer"])
         self._updates = int(state["updates"])
         if not all(isinstance(entry.get("log_prob"), float) for entry in self._pending.values()):
             raise ValueError("a pending proposal lacks its sampling-time log_prob")
+
+
+def _ema(mean: float, var: float, value: float, decay: float) -> tuple[float, float]:
+    """An exponentially weighted mean and variance, updated with `value` (Finch 2009)."""
+    delta = value - mean
+    return mean + (1 - decay) * delta, decay * (var + (1 - decay) * delta * delta)
 
 
 class Reinforce(PolicyGradient):

@@ -26,6 +26,13 @@ def make_strategy(name: str, space: SearchSpace, settings: dict | None = None, s
     return STRATEGIES[name](space, settings, seed)
 
 
+def checked_settings(name: str, settings: dict | None) -> dict:
+    """A strategy's settings resolved and checked, without building it (no controller)."""
+    if not isinstance(name, str) or name not in STRATEGIES:
+        raise StrategyError("strategy.name", f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+    return STRATEGIES[name].checked_settings(settings)
+
+
 def default_settings(name: str) -> dict:
     """Every setting of a strategy with its default (for forms and docs)."""
     if name not in STRATEGIES:

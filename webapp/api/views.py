@@ -230,14 +230,14 @@ def guarded(field: str, call, **kwargs):
 
 
 OBJ = OpenApiTypes.OBJECT
-ERRORS = {code: s.ERROR for code in (400, 401, 404)}
+# Every operation can answer these, as the documented JSON error: 400 (a bad or repeated
+# parameter), 401, 404 (also for a malformed id), 413 (a body over the size limit).
+ERRORS = {code: s.ERROR for code in (400, 401, 404, 413)}
 
 
 # -- teams -------------------------------------------------------------------------------------
 class TeamList(ApiView):
-    @extend_schema(
-        operation_id="teams_list", parameters=[s.PAGE], responses={200: s.page_of("Teams"), 401: s.ERROR, 404: s.ERROR}
-    )
+    @extend_schema(operation_id="teams_list", parameters=[s.PAGE], responses={200: s.page_of("Teams"), **ERRORS})
     def get(self, request):
         return paginate(request, self, Team.objects.for_user(request.user).order_by("name", "id"))
 
@@ -428,7 +428,7 @@ class TrainingJobList(ApiView):
 
 
 class TransferPresetList(ApiView):
-    @extend_schema(operation_id="transfer_presets_list", responses={200: OBJ, 401: s.ERROR})
+    @extend_schema(operation_id="transfer_presets_list", responses={200: OBJ, **ERRORS})
     def get(self, request):
         """The named final trainings a training job may start from (`preset`), with N@P for NASNet-A."""
         return Response({name: preset.to_dict(NASNET_A) for name, preset in TRANSFER_PRESETS.items()})

@@ -1,4 +1,5 @@
-"""The staff workers page: who is online, on which device, training what; queue depths.
+"""The staff workers page: who is online, on which device, each of its processes training
+what; queue depths.
 
 `/staff/workers` renders it and `/staff/workers.json` gives the same snapshot, which the
 page fetches every few seconds. Non-staff users get a 404 (the page does not exist for
@@ -18,7 +19,18 @@ from django.urls import reverse
 from django.utils import timezone
 
 from webapp import dispatch
-from webapp.fleet.models import LOST, OFFLINE, ONLINE, TASK_ADVANCE, TASK_TRAIN_CHILD, TASK_TRAINING_JOB, Worker
+from webapp.fleet.models import (
+    LOST,
+    OFFLINE,
+    ONLINE,
+    TASK_ADVANCE,
+    TASK_TRAIN_CHILD,
+    TASK_TRAIN_SELECTION,
+    TASK_TRAINING_JOB,
+    Worker,
+    WorkerProcess,
+    lease_beats,
+)
 from webapp.searches import models as m
 
 REFRESH_SECONDS = 5
@@ -62,30 +74,31 @@ def _arch_ref(arch: m.Architecture | None) -> dict | None:
     return {"id": arch.id, "sample_index": arch.sample_index, "url": reverse("front:architecture", args=[arch.id])}
 
 
-def _tasks(workers: list[Worker], now) -> dict[int, dict]:
-    """What each busy worker runs, with the search and architecture it belongs to (three
+def _tasks(processes: list[WorkerProcess], now) -> dict[int, dict]:
+    """What each busy process runs, with the search and architecture it belongs to (four
     queries at most, whatever the number of workers)."""
+    kinds = (TASK_TRAIN_CHILD, TASK_TRAINING_JOB, TASK_TRAIN_SELECTION, TASK_ADVANCE)
     ids = {
-        name: [w.task_object_id for w in workers if w.task_name == name and w.task_object_id is not None]
-        for name in (TASK_TRAIN_CHILD, TASK_TRAINING_JOB, TASK_ADVANCE)
+        name: [p.task_object_id for p in processes if p.task_name == name and p.task_object_id is not None]
+        for name in kinds
     }
-    runs = m.ChildRun.objects.select_related("architecture__search").defer(
-        "epochs", "architecture__genotype", "architecture__search__spec", "architecture__search__checkpoint"
-    )
+    # Only what the page shows: names, not the heavy fields (specs, genotypes, epochs).
+    refs = ("architecture__id", "architecture__sample_index", "architecture__search__id", "architecture__search__name")
+    runs = m.ChildRun.objects.select_related("architecture__search").only("id", "attempt", *refs)
     runs = runs.in_bulk(ids[TASK_TRAIN_CHILD]) if ids[TASK_TRAIN_CHILD] else {}
-    jobs = m.TrainingJob.objects.select_related("architecture__search").defer(
-        "genotype", "epochs", "architecture__genotype", "architecture__search__spec", "architecture__search__checkpoint"
-    )
+    jobs = m.TrainingJob.objects.select_related("architecture__search").only("id", "name", *refs)
     jobs = jobs.in_bulk(ids[TASK_TRAINING_JOB]) if ids[TASK_TRAINING_JOB] else {}
+    picks = m.SelectionRun.objects.select_related("architecture__search").only("id", "seed", "selection_id", *refs)
+    picks = picks.in_bulk(ids[TASK_TRAIN_SELECTION]) if ids[TASK_TRAIN_SELECTION] else {}
     searches = m.Search.objects.only("id", "name").in_bulk(ids[TASK_ADVANCE]) if ids[TASK_ADVANCE] else {}
     out = {}
-    for w in workers:
-        if not w.task_name:
+    for p in processes:
+        if not p.task_name:
             continue
-        oid = w.task_object_id
-        task = {"name": w.task_name, "id": oid, "label": w.task_name, "url": None, "search": None, "architecture": None}
-        task["since_s"] = round((now - w.task_started_at).total_seconds()) if w.task_started_at else None
-        if w.task_name == TASK_TRAIN_CHILD:
+        oid = p.task_object_id
+        task = {"name": p.task_name, "id": oid, "label": p.task_name, "url": None, "search": None, "architecture": None}
+        task["since_s"] = round((now - p.task_started_at).total_seconds()) if p.task_started_at else None
+        if p.task_name == TASK_TRAIN_CHILD:
             run = runs.get(oid)
             task["label"] = f"child run {oid}"
             if run is not None:
@@ -93,7 +106,7 @@ def _tasks(workers: list[Worker], now) -> dict[int, dict]:
                 task["architecture"] = _arch_ref(run.architecture)
                 task["search"] = _search_ref(run.architecture.search)
                 task["url"] = task["architecture"]["url"]
-        elif w.task_name == TASK_TRAINING_JOB:
+        elif p.task_name == TASK_TRAINING_JOB:
             job = jobs.get(oid)
             task["label"] = f"training job {oid}"
             task["url"] = reverse("front:training_job", args=[oid])
@@ -101,40 +114,71 @@ def _tasks(workers: list[Worker], now) -> dict[int, dict]:
                 task["label"] += f": {job.name}"
                 task["architecture"] = _arch_ref(job.architecture)
                 task["search"] = _search_ref(job.architecture.search if job.architecture else None)
-        elif w.task_name == TASK_ADVANCE:
+        elif p.task_name == TASK_TRAIN_SELECTION:
+            pick = picks.get(oid)
+            task["label"] = f"selection run {oid}"
+            if pick is not None:
+                task["label"] += f" (seed {pick.seed})"
+                task["url"] = reverse("front:selection", args=[pick.selection_id])
+                task["architecture"] = _arch_ref(pick.architecture)
+                task["search"] = _search_ref(pick.architecture.search)
+        elif p.task_name == TASK_ADVANCE:
             task["label"] = "advance search" if oid is None else f"advance search {oid}"
             task["search"] = _search_ref(searches.get(oid))
             task["url"] = task["search"]["url"] if task["search"] else None
         elif oid is not None:
-            task["label"] = f"{w.task_name} {oid}"
-        out[w.id] = task
+            task["label"] = f"{p.task_name} {oid}"
+        out[p.id] = task
     return out
+
+
+def _age_s(now, then) -> int | None:
+    return None if then is None else max(0, round((now - then).total_seconds()))
 
 
 def snapshot() -> dict:
     """Everything the page shows, as JSON-ready data."""
     now = timezone.now()
     workers = [
-        w for w in Worker.objects.all() if w.status != OFFLINE or now - w.last_seen <= OFFLINE_SHOWN_FOR
+        w
+        for w in Worker.objects.prefetch_related("processes")
+        if w.status != OFFLINE or now - w.last_seen <= OFFLINE_SHOWN_FOR
     ]  # a handful of rows: filtering here keeps the query trivial
-    workers.sort(key=lambda w: (STATUS_ORDER.get(w.shown_status, 3), w.hostname))
-    tasks = _tasks(workers, now)
-    rows = [
-        {
-            "hostname": w.hostname,
-            "queues": w.queue_list,
-            "device": w.device,
-            "pid": w.pid,
-            "status": w.shown_status,
-            "badge": BADGES.get(w.shown_status, ""),
-            "started_at": w.started_at.isoformat(),
-            "last_seen": w.last_seen.isoformat(),
-            "last_seen_s": max(0, round((now - w.last_seen).total_seconds())),
-            "tasks_done": w.tasks_done,
-            "task": tasks.get(w.id),
-        }
-        for w in workers
-    ]
+    processes = [p for w in workers for p in w.processes.all()]
+    beats = lease_beats(p.identity for p in processes)
+    heard = {w.id: w.last_heard(beats) for w in workers}
+    status = {w.id: w.shown_status(heard[w.id], now) for w in workers}
+    workers.sort(key=lambda w: (STATUS_ORDER.get(status[w.id], 3), w.hostname))
+    tasks = _tasks(processes, now)
+    rows = []
+    for w in workers:
+        procs = [
+            {
+                "identity": p.identity,
+                "pid": p.pid,
+                "index": p.index,
+                "label": f"#{p.index} (pid {p.pid})" if p.index is not None else f"pid {p.pid}",
+                "task": tasks.get(p.id),
+                "lease_seen_s": _age_s(now, beats.get(p.identity)),
+            }
+            for p in w.processes.all()
+        ]
+        rows.append(
+            {
+                "hostname": w.hostname,
+                "queues": w.queue_list,
+                "device": w.device,
+                "pid": w.pid,
+                "status": status[w.id],
+                "badge": BADGES.get(status[w.id], ""),
+                "busy": any(p["task"] for p in procs),
+                "started_at": w.started_at.isoformat(),
+                "last_seen": heard[w.id].isoformat(),
+                "last_seen_s": _age_s(now, heard[w.id]),
+                "tasks_done": w.tasks_done + sum(p.tasks_done for p in w.processes.all()),
+                "processes": procs,
+            }
+        )
     return {
         "generated_at": now.isoformat(),
         "refresh_seconds": REFRESH_SECONDS,

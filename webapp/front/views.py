@@ -83,7 +83,7 @@ def sparklines(searches: list[Search]) -> dict[int, str]:
 
 @login_required
 def index(request: HttpRequest) -> HttpResponse:
-    searches = Search.objects.for_user(request.user).select_related("team", "owner").defer("checkpoint", "spec")
+    searches = Search.objects.for_user(request.user).select_related("team", "owner").defer("spec")
     page = Paginator(searches, SEARCHES_PER_PAGE).get_page(request.GET.get("page"))
     sparks = sparklines(list(page))
     for search in page:
@@ -141,7 +141,8 @@ def _selection_form(search: Search, data=None) -> SelectionForm:
 
 
 def _render_search(request: HttpRequest, search: Search, select_form: SelectionForm, status: int = 200):
-    architectures = search.architectures.prefetch_related("runs").order_by("-sample_index")
+    # The table shows no genotype (~2 kB of JSON per row to read and parse).
+    architectures = search.architectures.defer("genotype").prefetch_related("runs").order_by("-sample_index")
     page = Paginator(architectures, ARCHITECTURES_PER_PAGE).get_page(request.GET.get("page"))
     best = search.best_architecture
     epochs = _planned_epochs(search)
@@ -235,9 +236,7 @@ RECENT_FINISHED = 200  # ids of the latest finished children, sent so the page n
 
 
 def _chart_state(user, search_id: int) -> dict:
-    search = get_object_or_404(
-        Search.objects.for_user(user).select_related("best_architecture", "owner").defer("checkpoint"), pk=search_id
-    )
+    search = get_object_or_404(Search.objects.for_user(user).select_related("best_architecture", "owner"), pk=search_id)
     # First the last event seq: everything below is at least as new, so a client that asks
     # for the events after it misses nothing. It may get an event already reflected here: a
     # worker commits a run's result just before its child.finished event (and without the
@@ -294,7 +293,8 @@ def _policy(search: Search, step, probs) -> dict:
 def _children_snapshot(search: Search) -> list[dict]:
     """The latest architectures as the live table shows them."""
     planned = _planned_epochs(search)
-    archs = search.architectures.prefetch_related("runs").order_by("-sample_index")[:ARCHITECTURES_PER_PAGE]
+    archs = search.architectures.defer("genotype").prefetch_related("runs").order_by("-sample_index")
+    archs = archs[:ARCHITECTURES_PER_PAGE]
     out = []
     for a in archs:
         run = next(iter(a.runs.all()), None)

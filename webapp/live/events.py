@@ -59,18 +59,27 @@ def group_name(search_id: int) -> str:
     return f"search-{search_id}"
 
 
-def allocate(search_id: int, n: int) -> int:
+def hold_search(search_id: int) -> None:
+    """Lock the Search row FOR KEY SHARE until the caller's transaction ends: what the event
+    rows' foreign key check takes anyway, taken first. It waits for an advance (which holds
+    the row FOR UPDATE) to commit, and keeps one from starting meanwhile."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT 1 FROM {Search._meta.db_table} WHERE id = %s FOR KEY SHARE", [search_id])
+
+
+def allocate(search_id: int, n: int, *, search_held: bool = False) -> int:
     """Reserve n sequence numbers for a search; returns the last (first = last - n + 1).
     The counter row stays locked until the caller's transaction ends.
 
-    Lock order: the Search row first (FOR KEY SHARE, what the event rows' foreign key
-    check takes anyway), then the counter. An advance holds the Search row FOR UPDATE
-    while it publishes; taking the counter first here would deadlock with it."""
+    Lock order: the Search row first (hold_search, unless the caller already did), then the
+    counter. An advance holds the Search row FOR UPDATE while it publishes; taking the
+    counter first here would deadlock with it."""
+    if not search_held:
+        hold_search(search_id)
     table = SearchEventCounter._meta.db_table
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            search_table = SearchEventCounter._meta.get_field("search").related_model._meta.db_table
-            cursor.execute(f"SELECT 1 FROM {search_table} WHERE id = %s FOR KEY SHARE", [search_id])
         cursor.execute(
             f"INSERT INTO {table} (search_id, last_seq) VALUES (%s, %s) "
             f"ON CONFLICT (search_id) DO UPDATE SET last_seq = {table}.last_seq + EXCLUDED.last_seq "
@@ -88,13 +97,14 @@ def last_stored_seq(search_id: int | None) -> int:
     return SearchEvent.objects.filter(search_id=search_id).aggregate(last=Max("seq"))["last"] or 0
 
 
-def publish(search_id: int, type: str, payload: dict) -> list[dict]:
-    return publish_many(search_id, [(type, payload)])
+def publish(search_id: int, type: str, payload: dict, *, search_held: bool = False) -> list[dict]:
+    return publish_many(search_id, [(type, payload)], search_held=search_held)
 
 
-def publish_many(search_id: int, events: Iterable[tuple[str, dict]]) -> list[dict]:
+def publish_many(search_id: int, events: Iterable[tuple[str, dict]], *, search_held: bool = False) -> list[dict]:
     """Store the events (consecutive seqs, in the given order) and send them on commit.
-    Returns the messages as clients receive them."""
+    Returns the messages as clients receive them. `search_held`: the caller's transaction
+    already holds the Search row (hold_search, or FOR UPDATE)."""
     events = list(events)
     if not events:
         return []
@@ -102,7 +112,7 @@ def publish_many(search_id: int, events: Iterable[tuple[str, dict]]) -> list[dic
         if type_ not in EVENT_TYPES:
             raise ValueError(f"unknown live event type {type_!r}")
     with transaction.atomic(savepoint=False):
-        last = allocate(search_id, len(events))
+        last = allocate(search_id, len(events), search_held=search_held)
         first = last - len(events) + 1
         rows = [
             SearchEvent(search_id=search_id, seq=first + i, type=type_, payload=_finite(payload))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin, messages
+from django.db.models import OuterRef, Subquery, Sum
 from django.db.models.functions import Length
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -20,7 +21,15 @@ from nas_engine.genotype import Genotype, GenotypeError
 from nas_engine.render import render_genotype_svg
 from webapp.front.presets import SCALE_DEFAULTS, promote
 from webapp.searches import services
-from webapp.searches.models import Architecture, ChildRun, Search, Selection, SelectionRun, TrainingJob
+from webapp.searches.models import (
+    Architecture,
+    ChildRun,
+    Search,
+    Selection,
+    SelectionRun,
+    StrategyCheckpointPart,
+    TrainingJob,
+)
 
 TOP_ARCHITECTURES = 10
 PROGRESS_FIELDS = [
@@ -76,7 +85,13 @@ class SearchAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         # The checkpoint can be megabytes: never load it for a page, only its length.
-        return super().get_queryset(request).defer("checkpoint").annotate(_checkpoint_bytes=Length("checkpoint"))
+        part_bytes = (
+            StrategyCheckpointPart.objects.filter(search=OuterRef("pk"))
+            .values("search")
+            .annotate(n=Sum(Length("data")))
+            .values("n")
+        )
+        return super().get_queryset(request).annotate(_checkpoint_bytes=Subquery(part_bytes))
 
     def has_add_permission(self, request) -> bool:
         return False  # searches are submitted through the form or the API (services.submit_search)

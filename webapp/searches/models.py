@@ -80,9 +80,7 @@ class Search(models.Model):
     name = models.CharField(max_length=200)
     spec = models.JSONField(help_text="validated search spec (nas_engine.spec), full form")
     status = models.CharField(max_length=20, choices=SEARCH_STATUSES, default=QUEUED, db_index=True)
-    # The strategy's complete state (nas_engine.strategies.save_checkpoint bytes):
-    # weights, optimizer, baseline, RNG states, pending proposals, population.
-    checkpoint = models.BinaryField(null=True, blank=True, editable=False)
+    # When the strategy's state (StrategyCheckpointPart rows) was last written.
     checkpoint_at = models.DateTimeField(null=True, blank=True)
     children_total = models.PositiveIntegerField()
     children_sampled = models.PositiveIntegerField(default=0)
@@ -156,6 +154,29 @@ def _parse_stored_spec(spec_json: str, data_root: str) -> SearchSpec:
     times; SearchSpec is frozen, so sharing it is safe)."""
     # A stored spec passed the limits at submission (limits=None): none may refuse it later.
     return validate_spec(json.loads(spec_json), data_root=Path(data_root), limits=None)
+
+
+class StrategyCheckpointPart(models.Model):
+    """One piece of a search's strategy checkpoint (workers/strategy_store.py): the envelope,
+    or one entry of the strategy's state_dict(), as torch.save bytes with their digest.
+
+    A table of its own, in pieces, because an advance changes little of the state: PPO's
+    controller weights and optimizer (2.2 MB) change once per update, its RNG and pending
+    proposals (a few kB) every advance. Writing only the pieces whose digest changed keeps
+    that 2.2 MB out of most advances, out of the WAL and out of the searches table (which a
+    whole-checkpoint column rewritten every advance grew to 543 MB of dead versions)."""
+
+    search = models.ForeignKey(Search, on_delete=models.CASCADE, related_name="checkpoint_parts")
+    key = models.CharField(max_length=100)
+    digest = models.CharField(max_length=64)
+    data = models.BinaryField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["search", "key"], name="one_checkpoint_part_per_key")]
+
+    def __str__(self) -> str:
+        return f"{self.key} of search {self.search_id}"
 
 
 class ArchitectureQuerySet(TeamScopedQuerySet):
@@ -275,13 +296,25 @@ class LeasedWork(models.Model):
         return type(self).objects.filter(pk=self.pk, status=RUN_RUNNING, attempt=self.attempt, worker=self.worker)
 
     def heartbeat(self, **fields) -> bool:
-        """Extend the lease (and write `fields`); False: no longer ours."""
+        """Extend the lease (and write `fields`, which this instance then holds too); False:
+        no longer ours."""
         now = timezone.now()
-        return bool(self.ours().update(heartbeat_at=now, lease_expires_at=self.lease_end(now), **fields))
+        fields = dict(heartbeat_at=now, lease_expires_at=self.lease_end(now), **fields)
+        if not self.ours().update(**fields):
+            return False
+        for key, value in fields.items():
+            setattr(self, key, value)
+        return True
 
     def finish(self, status: str, **fields) -> bool:
-        """End the claim with a final status; False (nothing written): no longer ours."""
-        return bool(self.ours().update(status=status, finished_at=timezone.now(), lease_expires_at=None, **fields))
+        """End the claim with a final status; False (nothing written): no longer ours. When
+        written, this instance holds what was written (no re-read needed for its event)."""
+        fields = dict(status=status, finished_at=timezone.now(), lease_expires_at=None, **fields)
+        if not self.ours().update(**fields):
+            return False
+        for key, value in fields.items():
+            setattr(self, key, value)
+        return True
 
     def requeue(self, **fields) -> bool:
         """Give the work back to the queue (a retry); False: no longer ours."""
@@ -349,6 +382,10 @@ class ChildRun(LeasedWork):
     epochs = models.JSONField(default=list, blank=True, help_text="per-epoch metrics")
     reward = models.FloatField(null=True, blank=True)
     wall_time = models.FloatField(null=True, blank=True)
+    # Its child.finished live event is stored (the outbox flag): set in the transaction that
+    # writes that event, so the advance can publish the event of a run whose worker died
+    # between writing the result and publishing it (workers/child_runs.announce_finished).
+    announced = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["architecture", "id"]

@@ -189,13 +189,14 @@ def create_training_job(
     if not isinstance(recipe, dict):
         raise ServiceError("recipe", "must be an object")
     chosen = _transfer_preset(preset)
+    deployment = limits()
     if chosen is not None:
         dataset = {"name": dataset} if isinstance(dataset, str) else dataset
         if isinstance(dataset, dict) and dataset.get("image_size") is None:
             dataset = {**dataset, "image_size": chosen.image_size}
     try:
         # A final training may use every training image (val_size 0): no reward needed.
-        dataset = validate_dataset(dataset, settings.NAS_DATA_ROOT, needs_validation=False, limits=limits())
+        dataset = validate_dataset(dataset, settings.NAS_DATA_ROOT, needs_validation=False, limits=deployment)
     except SpecError as exc:
         raise ServiceError(exc.field, exc.reason) from None
     try:
@@ -203,8 +204,9 @@ def create_training_job(
     except RecipeError as exc:
         raise ServiceError(f"recipe.{exc.field}", exc.reason) from None
     try:
+        root = settings.NAS_DATA_ROOT
         shape = check_training(
-            parsed, parsed_recipe, dataset, settings.NAS_DATA_ROOT, limits(), prefix="recipe", cost_limit="max_job_cost"
+            parsed, parsed_recipe, dataset, root, deployment, prefix="recipe", cost_limit="max_job_cost"
         )
     except LimitError as exc:
         raise ServiceError(exc.field, exc.reason) from None

@@ -22,25 +22,37 @@
     return path.split(".").reduce(function (obj, key) { return obj == null ? obj : obj[key]; }, data);
   }
 
-  function taskCell(task) {
+  function appendTask(parent, task) {
+    parent.appendChild(link(task.url, task.label));
+    if (task.architecture && task.url !== task.architecture.url) {
+      parent.appendChild(document.createTextNode(" · "));
+      parent.appendChild(link(task.architecture.url, "#" + task.architecture.sample_index));
+    }
+    if (task.search) {
+      parent.appendChild(document.createTextNode(" · search "));
+      parent.appendChild(link(task.search.url, task.search.name));
+    }
+    if (task.since_s !== null && task.since_s !== undefined) {
+      parent.appendChild(document.createTextNode(" "));
+      parent.appendChild(el("span", "for " + task.since_s + " s", { class: "muted" }));
+    }
+  }
+
+  // One line per process of the worker: which one (pool number, pid), then its task or "idle".
+  function processesCell(processes) {
     var td = el("td", null, { class: "wrap" });
-    if (!task) {
+    if (!processes.length) {
       td.appendChild(el("span", "idle", { class: "muted" }));
       return td;
     }
-    td.appendChild(link(task.url, task.label));
-    if (task.architecture && task.url !== task.architecture.url) {
-      td.appendChild(document.createTextNode(" · "));
-      td.appendChild(link(task.architecture.url, "#" + task.architecture.sample_index));
-    }
-    if (task.search) {
-      td.appendChild(document.createTextNode(" · search "));
-      td.appendChild(link(task.search.url, task.search.name));
-    }
-    if (task.since_s !== null && task.since_s !== undefined) {
-      td.appendChild(document.createTextNode(" "));
-      td.appendChild(el("span", "for " + task.since_s + " s", { class: "muted" }));
-    }
+    processes.forEach(function (p) {
+      var line = el("div", null, { class: "process" });
+      line.appendChild(el("span", p.label, { class: "muted mono", title: "process " + p.identity }));
+      line.appendChild(document.createTextNode(" "));
+      if (p.task) appendTask(line, p.task);
+      else line.appendChild(el("span", "idle", { class: "muted" }));
+      td.appendChild(line);
+    });
     return td;
   }
 
@@ -51,10 +63,10 @@
     tr.appendChild(el("td", w.device || "–", { class: "wrap" }));
     var status = el("td");
     status.appendChild(el("span", w.status, { class: "badge " + w.badge }));
-    status.appendChild(document.createTextNode(" "));
+    status.appendChild(document.createTextNode(w.busy && w.status === "online" ? " busy " : " "));
     status.appendChild(el("span", "seen " + w.last_seen_s + " s ago", { class: "muted" }));
     tr.appendChild(status);
-    tr.appendChild(taskCell(w.task));
+    tr.appendChild(processesCell(w.processes));
     tr.appendChild(el("td", w.tasks_done, { class: "num" }));
     return tr;
   }
