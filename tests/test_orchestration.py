@@ -148,9 +148,9 @@ def assert_complete(search, stack=None):
 
 
 def checkpoint_of(search):
-    from workers.advance import load_strategy
+    from workers import strategy_store
 
-    return load_strategy(search)
+    return strategy_store.load(search)
 
 
 def test_a_small_real_search_completes_through_the_broker(stack, owner):

@@ -73,10 +73,6 @@ STEP_FIELDS = [
 _strategies: dict[int, tuple[tuple, Strategy, dict[str, str]]] = {}
 
 
-def load_strategy(search: m.Search) -> Strategy:
-    return strategy_store.load(search)
-
-
 def advance(search_id: int) -> None:
     dispatch.clear_advance_request(search_id)  # before reading: a result written from now on asks again
     try:
@@ -148,7 +144,7 @@ def _step(search: m.Search) -> None:
     old_status = search.status
     cached = _strategies.pop(search.id, None)
     fresh = cached is not None and cached[0] == _version(search)
-    strategy, stored = (cached[1], cached[2]) if fresh else (load_strategy(search), None)
+    strategy, stored = (cached[1], cached[2]) if fresh else (strategy_store.load(search), None)
     if search.status == m.QUEUED:
         search.started_at = search.started_at or timezone.now()
         _set_status(search, m.RUNNING, started_at=search.started_at)

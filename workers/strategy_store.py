@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 
 import torch
-from django.db.models import Sum
-from django.db.models.functions import Length
 from django.utils import timezone
 
 from nas_engine.spec import SearchSpec
@@ -106,8 +104,3 @@ def load(search: m.Search, spec: SearchSpec | None = None) -> Strategy:
     if stored is not None:
         restore_into(strategy, stored)
     return strategy
-
-
-def size(search_id: int) -> int:
-    """Bytes the stored checkpoint takes (its pieces' data)."""
-    return m.StrategyCheckpointPart.objects.filter(search_id=search_id).aggregate(n=Sum(Length("data")))["n"] or 0

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin, messages
-from django.db.models import OuterRef, Subquery, Sum
-from django.db.models.functions import Length
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -85,13 +83,7 @@ class SearchAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         # The checkpoint can be megabytes: never load it for a page, only its length.
-        part_bytes = (
-            StrategyCheckpointPart.objects.filter(search=OuterRef("pk"))
-            .values("search")
-            .annotate(n=Sum(Length("data")))
-            .values("n")
-        )
-        return super().get_queryset(request).annotate(_checkpoint_bytes=Subquery(part_bytes))
+        return super().get_queryset(request).annotate(_checkpoint_bytes=StrategyCheckpointPart.stored_bytes())
 
     def has_add_permission(self, request) -> bool:
         return False  # searches are submitted through the form or the API (services.submit_search)

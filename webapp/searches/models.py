@@ -13,7 +13,8 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import F, OuterRef, Q, Subquery, Sum
+from django.db.models.functions import Length
 from django.utils import timezone
 
 from nas_engine.spec import SearchSpec, validate_spec
@@ -157,8 +158,9 @@ def _parse_stored_spec(spec_json: str, data_root: str) -> SearchSpec:
 
 
 class StrategyCheckpointPart(models.Model):
-    """One piece of a search's strategy checkpoint (workers/strategy_store.py): the envelope,
-    or one entry of the strategy's state_dict(), as torch.save bytes with their digest.
+    """One piece of a search's strategy checkpoint (workers/strategy_store.py): the envelope
+    with the small entries of the strategy's state_dict(), or one large tensor entry, as
+    torch.save bytes with their digest.
 
     A table of its own, in pieces, because an advance changes little of the state: PPO's
     controller weights and optimizer (2.2 MB) change once per update, its RNG and pending
@@ -177,6 +179,12 @@ class StrategyCheckpointPart(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} of search {self.search_id}"
+
+    @classmethod
+    def stored_bytes(cls) -> Subquery:
+        """Annotation of Search rows: the bytes their checkpoint takes, without loading it."""
+        pieces = cls.objects.filter(search=OuterRef("pk")).values("search").annotate(n=Sum(Length("data")))
+        return Subquery(pieces.values("n"))
 
 
 class ArchitectureQuerySet(TeamScopedQuerySet):
