@@ -222,6 +222,25 @@ def _median(values: Sequence[float], ordered: Sequence[float], min_peers: int, e
     return Decision(best < median, epoch, "median", best, median, len(ordered))
 
 
+def peer_statistic(settings: EarlyStop, values: Sequence[float], epoch: int) -> float:
+    """What a child contributes to its successors' decisions at `epoch`: its value there
+    (ASHA) or its running mean up to there (median rule). `values` start at epoch 1."""
+    if settings.rule == "asha":
+        return float(values[epoch - 1])
+    return running_mean(values, settings.min_epochs, epoch)
+
+
+def decide(settings: EarlyStop, values: Sequence[float], epoch: int, ordered_peers: Sequence[float]) -> Decision:
+    """The rule's decision for a child with `values` (from epoch 1) after `epoch`, given
+    its peers' statistics there (peer_statistic), sorted. The one decision function of
+    both the local loop (Board) and the service (workers/rungs.py)."""
+    if settings.rule == "asha":
+        return _asha(values[epoch - 1], ordered_peers, settings.reduction_factor, epoch)
+    if settings.rule == "median":
+        return _median(values, ordered_peers, settings.min_peers, epoch)
+    return Decision(False, epoch, "none")
+
+
 # -- deciding in ask order -------------------------------------------------------------------
 @dataclass
 class _Row:
@@ -342,13 +361,7 @@ class Board:
         return True
 
     def _statistic(self, values: list[float], epoch: int) -> float:
-        """What a peer contributes at `epoch`: its value (ASHA) or running mean (median)."""
-        if self.settings.rule == "asha":
-            return values[epoch - 1]
-        return running_mean(values, self.settings.min_epochs, epoch)
+        return peer_statistic(self.settings, values, epoch)
 
     def _decide(self, values: list[float], epoch: int, peers: list[float]) -> Decision:
-        s = self.settings
-        if s.rule == "asha":
-            return _asha(values[epoch - 1], peers, s.reduction_factor, epoch)
-        return _median(values, peers, s.min_peers, epoch)
+        return decide(self.settings, values, epoch, peers)

@@ -11,7 +11,10 @@ The web form, the REST API and the workers all speak this one JSON shape:
      "child":     {"repeats": 1, "filters": 8, "epochs": 3, ...},   # a trainer Recipe
      "budget":    {"children": 20, "parallel": 2},
      "seed": 0,
-     "reuse_duplicates": true,
+     "reuse_duplicates": true,                    # a duplicate in this search reuses its reward
+     "reuse_team_rewards": true,                  # ...and one any search of the team measured
+                                                  #     under the same measurement (measurement_key)
+     "early_stop": {"rule": "none", ...},          # nas_engine.early_stopping: asha or median
      "selection": null,                            # or {"top_k", "seeds", "epochs"}: run the
                                                   #     top-K stage when the search finishes
      "noise_floor": {"children": 2, "seeds": 2}}   # re-train a few children with other seeds
@@ -24,12 +27,15 @@ the dotted path of the offending field (`child.epochs`, `strategy.settings.lr`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nas_engine.cells import NASNET_A
 from nas_engine.data import BUILTIN, DataError, resolve_under_root
+from nas_engine.early_stopping import EarlyStop, EarlyStopError, check_epochs, parse_early_stop
 from nas_engine.errors import FieldError
 from nas_engine.limits import LimitError, Limits, check_training
 from nas_engine.selection import (
@@ -71,6 +77,8 @@ class SearchSpec:
     reuse_duplicates: bool = True
     selection: dict | None = None  # nas_engine.selection.validate_auto_selection
     noise_floor: dict | None = None  # nas_engine.selection.validate_noise_floor
+    early_stop: EarlyStop = field(default_factory=EarlyStop)
+    reuse_team_rewards: bool = True
     extra: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
@@ -85,10 +93,30 @@ class SearchSpec:
             "reuse_duplicates": self.reuse_duplicates,
             "selection": None if self.selection is None else dict(self.selection),
             "noise_floor": None if self.noise_floor is None else dict(self.noise_floor),
+            "early_stop": self.early_stop.to_dict(),
+            "reuse_team_rewards": self.reuse_team_rewards,
         }
+
+    def measurement_key(self) -> str:
+        """What a child's reward depends on besides its cell: the data set and its split
+        (the seed draws the split), the objective and the child's recipe. Two searches of a
+        team with the same key measure a cell the same way, so one may reuse the other's
+        reward (the team reward cache). The space enters only for the synthetic objective,
+        whose reward tables are drawn from it; a trained child depends on its cell alone.
+        The strategy and early stopping do not enter: a completed child's final reward is
+        the same whoever proposed it and whatever was stopped around it."""
+        return measurement_key(self.to_dict())
 
     def make_strategy(self):
         return make_strategy(self.strategy, self.space, self.strategy_settings, seed=self.seed)
+
+
+def measurement_key(spec: dict) -> str:
+    """SearchSpec.measurement_key of a full-form spec dict (a stored one)."""
+    what = {key: spec[key] for key in ("dataset", "objective", "child", "seed")}
+    if spec["objective"]["name"] == "synthetic":
+        what["space"] = spec["space"]
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
 def _obj(data: object, path: str, shorthand_key: str | None = "name") -> dict:
@@ -225,6 +253,8 @@ def validate_spec(data: object, *, data_root: Path, limits: Limits | None = None
         "reuse_duplicates",
         "selection",
         "noise_floor",
+        "early_stop",
+        "reuse_team_rewards",
     }
     _unknown(data, allowed, "")
     dataset = validate_dataset(data.get("dataset", "digits"), Path(data_root), limits=limits)
@@ -247,6 +277,14 @@ def validate_spec(data: object, *, data_root: Path, limits: Limits | None = None
     reuse = data.get("reuse_duplicates", True)
     if not isinstance(reuse, bool):
         raise SpecError("reuse_duplicates", f"must be true or false, got {reuse!r}")
+    reuse_team = data.get("reuse_team_rewards", True)
+    if not isinstance(reuse_team, bool):
+        raise SpecError("reuse_team_rewards", f"must be true or false, got {reuse_team!r}")
+    try:
+        early_stop = parse_early_stop(data.get("early_stop"))
+        check_epochs(early_stop, child.epochs)
+    except EarlyStopError as exc:
+        raise SpecError(exc.field, exc.reason) from None
     strategy = _obj(data.get("strategy", "ppo"), "strategy")
     _unknown(strategy, {"name", "settings"}, "strategy")
     settings = strategy.get("settings") or {}
@@ -275,6 +313,8 @@ def validate_spec(data: object, *, data_root: Path, limits: Limits | None = None
         reuse_duplicates=reuse,
         selection=selection,
         noise_floor=noise_floor,
+        early_stop=early_stop,
+        reuse_team_rewards=reuse_team,
     )
     if limits is not None:
         _admit_search(spec, limits, Path(data_root))

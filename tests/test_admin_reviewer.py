@@ -48,6 +48,7 @@ def a_row_of_every_model(personas, search, selection):
     ApiToken.issue(personas.owner, "laptop")
     SearchEvent.objects.create(search=search, seq=1, type="started")
     Worker.objects.create(hostname="gpu0@host", queues="gpu", device="CPU")
+    m.RungDecision.objects.create(search=search, sample_index=0, epoch=1, statistic=0.5, value=0.5, stop=False)
 
 
 def model_url(model) -> str:

@@ -20,6 +20,7 @@ OPERATIONS = {
     "/api/searches/{id}/resume": {"post"},
     "/api/searches/{id}/architectures": {"get"},
     "/api/searches/{id}/selections": {"get", "post"},
+    "/api/searches/{id}/rungs": {"get"},
     "/api/selections/{id}": {"get"},
     "/api/selections/{id}/cancel": {"post"},
     "/api/architectures/{id}": {"get"},
@@ -86,7 +87,17 @@ def api_schema(personas, keep_test_connection):
     search = m.Search.objects.create(
         team=personas.alpha, owner=personas.owner, name="fuzzed", spec={}, children_total=2, status=m.RUNNING
     )
-    m.Architecture.objects.create(search=search, sample_index=0, genotype={}, canonical_hash="0" * 64, reward=0.5)
+    arch = m.Architecture.objects.create(
+        search=search, sample_index=0, genotype={}, canonical_hash="0" * 64, reward=0.5
+    )
+    # issue #13: a stopped child, a reused one, and an early-stopping decision
+    stopped = m.Architecture.objects.create(search=search, sample_index=1, genotype={}, canonical_hash="1" * 64)
+    m.ChildRun.objects.create(architecture=stopped, status=m.RUN_STOPPED, reward=0.3, epochs=[{"epoch": 1}])
+    reused = m.Architecture.objects.create(
+        search=search, sample_index=2, genotype={}, canonical_hash="0" * 64, reward=0.5, reused_from=arch
+    )
+    m.ChildRun.objects.create(architecture=reused, status=m.RUN_REUSED, reward=0.5)
+    m.RungDecision.objects.create(search=search, sample_index=1, epoch=1, statistic=0.3, value=0.3, stop=True)
     m.TrainingJob.objects.create(
         team=personas.alpha, owner=personas.owner, name="j", genotype={}, dataset={}, recipe={}, bundle_path="../x"
     )

@@ -240,12 +240,14 @@ def test_the_list_is_paginated(client, personas):
 @pytest.mark.parametrize("who", ["owner", "member", "staff"])
 def test_the_detail_is_the_searches_to_dict(client, personas, alpha_search, who):
     alpha_search.children_done, alpha_search.best_reward = 2, 0.75
+    alpha_search.children_stopped, alpha_search.epochs_trained, alpha_search.epochs_saved = 1, 21, 19
     alpha_search.save()
     client.force_login(getattr(personas, who))
     r = client.get(f"/api/searches/{alpha_search.id}")
     assert r.status_code == 200
     assert r.json() == json.loads(json.dumps(alpha_search.to_dict()))
     assert (r.json()["children_done"], r.json()["children_total"], r.json()["best_reward"]) == (2, 4, 0.75)
+    assert (r.json()["children_stopped"], r.json()["epochs_trained"], r.json()["epochs_saved"]) == (1, 21, 19)
 
 
 def test_an_unknown_search_is_404(client, personas):
@@ -308,7 +310,8 @@ def test_architectures_sort_by_reward_with_nulls_last_across_pages(client, perso
     assert ascending == sorted(r for r in rewards if r is not None)[:50]
     indexes = [a["sample_index"] for a in client.get(url + "?ordering=-sample_index").json()["results"]]
     assert indexes == list(range(59, 9, -1))
-    assert client.get(url).json()["results"][0] == json.loads(json.dumps(archs[0].to_dict()))
+    first = {**archs[0].to_dict(), "run": None, "epochs_trained": 0}  # no run row here
+    assert client.get(url).json()["results"][0] == json.loads(json.dumps(first))
     r = client.get(url + "?ordering=params")
     assert r.status_code == 400 and r.json()["field"] == "ordering"
 
@@ -316,11 +319,76 @@ def test_architectures_sort_by_reward_with_nulls_last_across_pages(client, perso
 def test_an_architecture_detail_and_its_genotype_download(client, personas, alpha_search):
     (arch,) = make_architectures(alpha_search, [0.5])
     client.force_login(personas.owner)
-    assert client.get(f"/api/architectures/{arch.id}").json() == json.loads(json.dumps(arch.to_dict()))
+    expected = {**arch.to_dict(), "run": None, "epochs_trained": 0}
+    assert client.get(f"/api/architectures/{arch.id}").json() == json.loads(json.dumps(expected))
     r = client.get(f"/api/architectures/{arch.id}/genotype")
     assert r.status_code == 200 and r["Content-Type"] == "application/json"
     assert r["Content-Disposition"] == f'attachment; filename="genotype-{arch.canonical_hash[:12]}.json"'
     assert json.loads(r.content) == GENOTYPE
+
+
+# -- early stopping and the team reward cache (issue #13) ---------------------------------------------
+def curve(done: int, total: int = 9) -> list[dict]:
+    return [{"epoch": e, "epochs": total, "val_acc": 0.3 + 0.05 * e} for e in range(1, done + 1)]
+
+
+def test_architectures_show_the_run_status_the_epochs_trained_and_reused_from(client, personas, alpha_search):
+    origin_search = make_search(personas, name="origin", status=m.FINISHED)
+    (origin,) = make_architectures(origin_search, [0.8])
+    done, stopped, waiting, reused = make_architectures(alpha_search, [0.9, None, None, 0.8])
+    m.Architecture.objects.filter(pk=reused.pk).update(reused_from=origin)
+    for arch, status, epochs, reward in [
+        (done, m.RUN_SUCCEEDED, 9, 0.9),
+        (stopped, m.RUN_STOPPED, 1, 0.35),  # its value at the rung it reached
+        (waiting, m.RUN_WAITING, 3, None),
+        (reused, m.RUN_REUSED, 0, 0.8),
+    ]:
+        m.ChildRun.objects.create(architecture=arch, status=status, attempt=1, reward=reward, epochs=curve(epochs))
+    client.force_login(personas.member)
+    rows = client.get(f"/api/searches/{alpha_search.id}/architectures").json()["results"]
+    got = [(a["sample_index"], a["run"]["status"], a["epochs_trained"], a["reward"], a["run"]["reward"]) for a in rows]
+    assert got == [(0, "succeeded", 9, 0.9, 0.9), (1, "stopped", 1, None, 0.35), (2, "waiting", 3, None, None),
+                   (3, "reused", 0, 0.8, 0.8)]  # fmt: skip
+    assert [a["reused_from"] for a in rows] == [None, None, None, origin.id]
+    run = m.ChildRun.objects.get(architecture=stopped)
+    assert rows[1]["run"] == json.loads(json.dumps(run.to_dict())) and rows[1]["run"]["epochs"][-1]["epoch"] == 1
+    detail = client.get(f"/api/architectures/{stopped.id}").json()
+    assert detail == rows[1]
+    assert client.get(f"/api/architectures/{reused.id}").json()["reused_from"] == origin.id
+
+
+def make_decisions(search, n: int) -> list[m.RungDecision]:
+    return [
+        m.RungDecision.objects.create(
+            search=search, sample_index=i // 2, epoch=1 + 2 * (i % 2), statistic=0.4, value=0.1 * (i % 7),
+            threshold=None if i < 2 else 0.3, peers=i // 2, stop=i % 3 == 0,
+        )
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_rungs_lists_the_early_stopping_decisions_by_epoch_then_child(client, personas, alpha_search):
+    made = make_decisions(alpha_search, 6)
+    make_decisions(make_search(personas, name="other"), 2)  # another search's: not listed
+    client.force_login(personas.member)
+    r = client.get(f"/api/searches/{alpha_search.id}/rungs")
+    assert r.status_code == 200 and r.json()["count"] == 6
+    results = r.json()["results"]
+    assert [(d["epoch"], d["sample_index"]) for d in results] == [(1, 0), (1, 1), (1, 2), (3, 0), (3, 1), (3, 2)]
+    assert results[0] == {"sample_index": 0, "epoch": 1, "stop": True, "value": 0.0, "threshold": None, "peers": 0}
+    by_key = {(d.epoch, d.sample_index): d for d in made}
+    assert results == [json.loads(json.dumps(by_key[(d["epoch"], d["sample_index"])].to_dict())) for d in results]
+
+
+def test_rungs_are_paginated(client, personas, alpha_search):
+    make_decisions(alpha_search, 52)
+    client.force_login(personas.owner)
+    first = client.get(f"/api/searches/{alpha_search.id}/rungs").json()
+    assert first["count"] == 52 and len(first["results"]) == 50 and first["next"]
+    assert len(client.get(f"/api/searches/{alpha_search.id}/rungs?page=2").json()["results"]) == 2
+    r = client.get(f"/api/searches/{alpha_search.id}/rungs?page=3")
+    assert r.status_code == 404 and r.json()["field"] == "page"
+    assert client.get("/api/searches/999999999/rungs").json() == {"field": "id", "error": "not found"}
 
 
 # -- the outsider and the anonymous ------------------------------------------------------------------
@@ -328,6 +396,7 @@ def alpha_urls(search, arch) -> list[tuple[str, str]]:
     return [
         ("get", f"/api/searches/{search.id}"),
         ("get", f"/api/searches/{search.id}/architectures"),
+        ("get", f"/api/searches/{search.id}/rungs"),
         ("post", f"/api/searches/{search.id}/cancel"),
         ("post", f"/api/searches/{search.id}/pause"),
         ("post", f"/api/searches/{search.id}/resume"),
@@ -338,6 +407,7 @@ def alpha_urls(search, arch) -> list[tuple[str, str]]:
 
 def test_an_outsider_gets_404_on_every_alpha_object_and_changes_nothing(client, personas, alpha_search):
     (arch,) = make_architectures(alpha_search, [0.9])
+    make_decisions(alpha_search, 2)
     client.force_login(personas.outsider)
     for method, url in alpha_urls(alpha_search, arch):
         r = getattr(client, method)(url)

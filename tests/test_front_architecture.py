@@ -136,3 +136,37 @@ def test_a_blank_name_says_the_recipe_and_the_size(client, personas, arch, data,
     response = client.post(f"/architectures/{arch.id}/train", {"name": "", "dataset": "digits", **data})
     assert response.status_code == 302, response.context and response.context["form"].errors
     assert TrainingJob.objects.get().name == name
+
+
+# -- early stopping and the team reward cache (issue #13) ------------------------------------------
+def test_a_stopped_childs_page_shows_its_rung_value_and_no_reward(client, personas):
+    from tests.test_front_helpers import ES_SPEC, make_child
+    from webapp.searches import models as m
+
+    search = make_search(personas.alpha, personas.owner)
+    search.spec = ES_SPEC
+    search.save()
+    arch = make_child(search, 0, m.RUN_STOPPED, done=3, value=0.4567)
+    client.force_login(personas.member)
+    body = client.get(f"/architectures/{arch.id}").content.decode()
+    assert 'id="arch-reward">–<' in body
+    note = body.split('<div id="run-note">', 1)[1].split("</div></div>", 1)[0]
+    assert '<div class="child-note muted">stopped after epoch 3 of 9</div>' in note
+    assert "rung value 0.4567" in note and '<span class="badge stopped">stopped</span>' in body
+
+
+def test_a_reused_childs_page_links_to_where_it_was_measured(client, personas):
+    from tests.test_front_helpers import make_child
+    from webapp.searches import models as m
+
+    origin_search = make_search(personas.alpha, personas.owner, name="measured here")
+    origin = make_child(origin_search, 7, m.RUN_SUCCEEDED, done=1, value=0.8, reward=0.8)
+    arch = make_child(make_search(personas.alpha, personas.owner), 0, m.RUN_REUSED, value=0.8, reward=0.8,
+                      reused_from=origin)  # fmt: skip
+    client.force_login(personas.member)
+    body = client.get(f"/architectures/{arch.id}").content.decode()
+    assert (
+        f'reused from <a href="/architectures/{origin.id}">#7</a> of '
+        f'<a class="wrap" href="/searches/{origin_search.id}">measured here</a>'
+    ) in body
+    assert 'id="arch-reward">0.8000<' in body

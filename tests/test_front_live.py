@@ -171,6 +171,62 @@ def test_chart_json_downsamples_a_large_search_and_keeps_its_best(client, person
     assert len(queries) < 20  # not one query per architecture
 
 
+def test_chart_json_plots_stopped_children_apart_from_the_rewards(client, personas):
+    """A stopped child's rung value is no reward: not among the rewards, the running best or
+    the moving average, but a series of its own; the children table gets it as rung_value."""
+    from tests.test_front_helpers import ES_SPEC, make_child
+
+    search = make_search(personas.alpha, personas.owner, children=10)
+    search.spec = ES_SPEC
+    search.save()
+    make_child(search, 0, m.RUN_SUCCEEDED, done=9, value=0.6, reward=0.6)
+    stopped = make_child(search, 1, m.RUN_STOPPED, done=1, value=0.35)
+    make_child(search, 2, m.RUN_STOPPED, done=3, value=0.7)  # above the best: still not a reward
+    waiting = make_child(search, 3, m.RUN_WAITING, done=1)
+    make_child(search, 4, m.RUN_SUCCEEDED, done=9, value=0.5, reward=0.5)
+    client.force_login(personas.member)
+    r = chart(client, search)["rewards"]
+    assert (r["x"], r["y"]) == ([0, 4], [0.6, 0.5]) and r["total"] == 2
+    assert (r["best"]["x"], r["best"]["y"]) == ([0], [0.6])
+    assert r["moving_average"]["tail"] == [0.6, 0.5]
+    assert r["stopped"] == {"total": 2, "x": [1, 2], "y": [0.35, 0.7]}
+    assert stopped.id in r["recent"]  # a late child.finished event is not plotted twice
+    children = {c["sample_index"]: c for c in chart(client, search)["children"]}
+    assert children[1] | {"architecture": 0} == {
+        "architecture": 0, "sample_index": 1, "status": "stopped", "epoch": 1, "epochs": 9, "reward": None,
+        "rung_value": 0.35, "reused_from": None, "params": stopped.params, "mult_adds": stopped.mult_adds,
+    }  # fmt: skip
+    assert (children[3]["status"], children[3]["epoch"], children[3]["rung_value"]) == ("waiting", 1, None)
+    assert children[3]["architecture"] == waiting.id
+    assert (children[0]["reward"], children[0]["rung_value"], children[0]["epoch"]) == (0.6, None, 9)
+
+
+def test_chart_json_children_name_where_a_reused_reward_was_measured(client, personas):
+    from tests.test_front_helpers import make_child
+
+    origin_search = make_search(personas.alpha, personas.owner, name="origin", status=m.FINISHED)
+    origin = make_child(origin_search, 5, m.RUN_SUCCEEDED, done=1, value=0.8, reward=0.8)
+    search = make_search(personas.alpha, personas.owner)
+    own = make_child(search, 0, m.RUN_SUCCEEDED, done=1, value=0.8, reward=0.8)
+    make_child(search, 1, m.RUN_REUSED, value=0.8, reward=0.8, reused_from=origin)
+    make_child(search, 2, m.RUN_REUSED, value=0.8, reward=0.8, reused_from=own)
+    client.force_login(personas.member)
+    children = {c["sample_index"]: c for c in chart(client, search)["children"]}
+    assert children[1]["reused_from"] == {
+        "architecture": origin.id,
+        "sample_index": 5,
+        "search": origin_search.id,
+        "search_name": "origin",
+    }
+    assert children[2]["reused_from"] == {
+        "architecture": own.id,
+        "sample_index": 0,
+        "search": search.id,
+        "search_name": None,
+    }
+    assert children[0]["reused_from"] is None and children[1]["reward"] == 0.8
+
+
 @pytest.mark.django_db(transaction=True)
 def test_chart_json_reads_one_snapshot_outside_a_transaction(personas, client):
     """Outside the test transaction the view runs its own REPEATABLE READ transaction."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -70,6 +71,98 @@ def test_a_member_submits_a_search_and_lands_on_its_page(client, personas):
     assert (search.team, search.owner, search.name) == (personas.alpha, personas.member, "my search")
     assert search.spec["child"]["epochs"] == 2 and search.spec["budget"]["children"] == 5
     assert search.spec["strategy"]["settings"]["batch_size"] == 4  # from the preset, not a field
+
+
+def test_a_search_without_early_stopping_reuses_team_rewards_by_default(client, personas):
+    client.force_login(personas.member)
+    form = client.get(URL).context["form"]
+    assert (form.initial["early_stop_rule"], form.initial["reuse_team_rewards"]) == ("none", True)
+    client.post(URL, form_data(personas.alpha))
+    search = Search.objects.get()
+    assert search.spec["early_stop"] == {
+        "rule": "none",
+        "min_epochs": 1,
+        "reduction_factor": 3,
+        "min_peers": 3,
+        "stopped_reward": "rung",
+    }
+    assert search.spec["reuse_team_rewards"] is True
+
+
+def test_the_form_shows_the_early_stopping_fieldset_and_the_reuse_checkbox_checked(client, personas):
+    client.force_login(personas.member)
+    body = client.get(URL).content.decode()
+    assert "<legend>Early stopping</legend>" in body
+    assert '<option value="asha">ASHA (asynchronous successive halving)</option>' in body
+    assert '<option value="median">median stopping rule</option>' in body
+    assert re.search(r'<input type="checkbox" name="reuse_team_rewards"[^>]*checked', body)
+    assert "Reuse rewards the team already measured" in body
+    assert '<option value="drop">drop: nothing (learn from completed children only)</option>' in body
+
+
+def test_early_stopping_settings_flow_into_the_spec(client, personas):
+    client.force_login(personas.member)
+    data = form_data(
+        personas.alpha,
+        early_stop_rule="asha",
+        early_stop_min_epochs=1,
+        early_stop_reduction_factor=2,
+        early_stop_min_peers="",  # blank: the engine's default
+        early_stop_stopped_reward="normalised",
+    )
+    del data["reuse_team_rewards"]  # an unticked checkbox is not posted
+    response = client.post(URL, data)
+    assert response.status_code == 302, response.context["form"].errors
+    search = Search.objects.get()
+    assert search.spec["early_stop"] == {
+        "rule": "asha",
+        "min_epochs": 1,
+        "reduction_factor": 2,
+        "min_peers": 3,
+        "stopped_reward": "normalised",
+    }
+    assert search.spec["reuse_team_rewards"] is False
+
+
+def test_without_a_rule_the_early_stopping_numbers_are_ignored(client, personas):
+    client.force_login(personas.member)
+    response = client.post(URL, form_data(personas.alpha, early_stop_rule="none", early_stop_reduction_factor=1))
+    assert response.status_code == 302
+    assert Search.objects.get().spec["early_stop"]["reduction_factor"] == 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "reason"),
+    [
+        ({"early_stop_reduction_factor": 1}, "early_stop_reduction_factor", "must be an integer >= 2, got 1"),
+        ({"early_stop_min_peers": 0}, "early_stop_min_peers", "must be an integer >= 1, got 0"),
+        ({"early_stop_min_epochs": 0}, "early_stop_min_epochs", "must be an integer >= 1, got 0"),
+        # the smoke preset's children train 3 epochs: a rule from epoch 3 on could stop none
+        ({"early_stop_min_epochs": 3}, "early_stop_min_epochs", "must be below the children's 3 epochs, got 3"),
+        ({"early_stop_rule": "hyperband"}, "early_stop_rule", "Select a valid choice."),
+    ],
+)
+def test_a_bad_early_stopping_value_is_reported_on_its_field(client, personas, overrides, field, reason):
+    client.force_login(personas.owner)
+    response = client.post(URL, form_data(personas.alpha, **{"early_stop_rule": "median", **overrides}))
+    assert response.status_code == 400
+    errors = response.context["form"].errors
+    assert list(errors) == [field] and errors[field][0].startswith(reason), errors
+    assert f'id="{field}-errors"' in response.content.decode()
+    assert not Search.objects.exists()
+
+
+def test_the_spec_json_takes_early_stopping_and_the_team_cache(client, personas):
+    client.force_login(personas.owner)
+    spec = {"objective": "synthetic", "child": {"epochs": 9}, "early_stop": "asha", "reuse_team_rewards": False}
+    assert client.post(URL, form_data(personas.alpha, spec_json=json.dumps(spec))).status_code == 302
+    search = Search.objects.get()
+    assert search.spec["early_stop"]["rule"] == "asha" and search.spec["reuse_team_rewards"] is False
+    spec["early_stop"] = {"rule": "asha", "reduction_factor": 1}
+    response = client.post(URL, form_data(personas.alpha, name="bad", spec_json=json.dumps(spec)))
+    assert response.context["form"].errors["spec_json"] == [
+        "spec.early_stop.reduction_factor: must be an integer >= 2, got 1"
+    ]
 
 
 def test_the_spec_json_overrides_the_fields(client, personas):

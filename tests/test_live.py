@@ -485,3 +485,21 @@ def test_the_advance_reads_the_owner_with_the_locked_search(personas, search):
         with CaptureQueriesContext(connection) as queries:
             live.status(row)
     assert len(queries) == 0
+
+
+def test_early_stopping_reaches_the_page_through_the_status_and_finished_events(personas, search, settings):
+    """What search_live.js reads for issue #13: the counters in search.status (the tiles), and a
+    stopped child's status, rung value and rung epoch in child.finished (its row, its point)."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    m.Search.objects.filter(pk=search.pk).update(children_stopped=2, epochs_trained=40, epochs_saved=36)
+    arch = m.Architecture.objects.create(search=search, sample_index=3, genotype={}, canonical_hash="h")
+    run = m.ChildRun.objects.create(
+        architecture=arch, status=m.RUN_STOPPED, attempt=1, reward=0.41, epochs=epoch_list(3)
+    )
+    row = m.Search.objects.select_related("owner").get(pk=search.pk)
+    live.publish_many(search.id, [live.status(row), live.finished(run, 3)])
+    stored = {e.type: e.payload for e in SearchEvent.objects.filter(search=search)}
+    counters = {k: stored[live.STATUS]["search"][k] for k in ("children_stopped", "epochs_trained", "epochs_saved")}
+    assert counters == {"children_stopped": 2, "epochs_trained": 40, "epochs_saved": 36}
+    finished = stored[live.FINISHED]["run"]
+    assert (finished["status"], finished["reward"], finished["epochs"][-1]["epoch"]) == ("stopped", 0.41, 3)

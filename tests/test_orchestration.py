@@ -240,6 +240,64 @@ def test_a_killed_gpu_worker_loses_nothing(stack, owner):
     assert victim.status == m.RUN_SUCCEEDED and victim.attempt == 2
 
 
+def test_asha_across_two_workers_with_one_killed_decides_as_the_engine_does(stack, owner):
+    """Early stopping (#13) across processes: two gpu workers, children interleaved, one
+    worker killed mid-search and the broker emptied; every decision is taken once, equals
+    the engine's Board on the reported values, and the search stops the same children as
+    the CLI's local loop with the same strategy and seed."""
+    from nas_engine.early_stopping import Board, decision_epochs, parse_early_stop
+    from nas_engine.search import run_search
+    from nas_engine.synthetic import SyntheticObjective
+    from webapp.searches import models as m
+
+    epochs, asha = 9, {"rule": "asha", "min_epochs": 1, "reduction_factor": 3}
+    second = stack.workers.start("gpu")
+    try:
+        search = submit(
+            owner,
+            objective={**SYNTHETIC, "duration_s": 0.45},
+            child={"epochs": epochs},
+            early_stop=asha,
+            budget={"children": 30, "parallel": 6},
+        )
+        wait_for(stack, search, lambda s: s.children_done >= 8, timeout=60, reap_every=1.0)
+        stack.gpu.kill()
+        stack.restart("gpu")
+        flush_redis(stack.redis_url)
+        search = wait_for(stack, search, finished, timeout=120, reap_every=1.0)
+    finally:
+        second.stop()
+    assert search.status == m.FINISHED and search.children_done == 30, stack.workers.logs()
+    runs = {r.architecture.sample_index: r for r in runs_of(search).select_related("architecture")}
+    assert {r.status for r in runs.values()} <= {m.RUN_SUCCEEDED, m.RUN_STOPPED}
+    values = {i: [e["val_acc"] for e in r.epochs] for i, r in runs.items()}
+    settings = parse_early_stop(asha)
+    board = Board.from_rows(settings, epochs, [(i, v, True) for i, v in sorted(values.items())])
+    stored = {(d.sample_index, d.epoch): d for d in m.RungDecision.objects.filter(search=search)}
+    expected = {(i, t) for i, v in values.items() for t in decision_epochs(settings, epochs) if t <= len(v)}
+    assert set(stored) == expected
+    for (i, t), row in stored.items():
+        decision = board.decision(i, t)
+        assert (row.stop, row.threshold, row.peers) == (decision.stop, decision.threshold, decision.peers)
+    stopped = sorted(i for i, r in runs.items() if r.status == m.RUN_STOPPED)
+    assert stopped and search.children_stopped == len(stopped)
+    spec = search.parsed_spec
+    objective = SyntheticObjective(spec.space, spec.seed)
+    local = run_search(
+        spec.make_strategy(),
+        lambda genotype, report: objective.train(genotype, epochs, report),
+        children=30,
+        parallel=6,
+        epochs=epochs,
+        early_stop=settings,
+    )
+    assert (local.stopped, local.epochs_trained, local.best_reward) == (
+        len(stopped),
+        search.epochs_trained,
+        search.best_reward,
+    )
+
+
 def test_an_emptied_redis_loses_nothing(stack, owner):
     search = submit(owner, objective={**SYNTHETIC, "duration_s": 0.05}, budget={"children": 60, "parallel": 4})
     wait_for(stack, search, lambda s: s.children_done >= 10)

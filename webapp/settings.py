@@ -220,6 +220,10 @@ NAS_MAX_ACTIVE_RUNS_PER_TEAM = env_int("NAS_MAX_ACTIVE_RUNS_PER_TEAM", 64, minim
 NAS_MAX_ACTIVE_JOBS_PER_TEAM = env_int("NAS_MAX_ACTIVE_JOBS_PER_TEAM", 4, minimum=1)
 NAS_LEASE_SECONDS = env_float("NAS_LEASE_SECONDS", 120.0, minimum=1.0)
 NAS_MAX_ATTEMPTS = env_int("NAS_MAX_ATTEMPTS", 3, minimum=1)
+# Early stopping: how long a child run at a rung waits (polling, heartbeating) for a child
+# asked before it that is still training, before it gives its worker back and waits as a
+# row (`waiting`, resumed from its checkpoint once decided: workers/rungs.py).
+NAS_RUNG_WAIT_SECONDS = env_float("NAS_RUNG_WAIT_SECONDS", 60.0, minimum=0.0)
 NAS_REAPER_INTERVAL_SECONDS = env_float("NAS_REAPER_INTERVAL_SECONDS", 30.0, minimum=1.0)
 
 # -- Redis: Celery broker and (from the dashboard on) the Channels layer -------------------------

@@ -17,6 +17,18 @@ Serialized per search by a row lock (SELECT ... FOR UPDATE on the Search):
   Budget spent and everything told -> finished. Any unexpected error -> failed, with
   the error text in `Search.error`.
 
+Early stopping (the spec's `early_stop`, workers/rungs.py): a stopped child is told its
+value at the rung it reached with a Fidelity (nas_engine.strategies.base); it never becomes
+the best, and its Architecture.reward stays empty (that is the full training's reward). A
+completed child is told its rung values too. Waiting children (parked at a rung) are
+decided here first where their rows allow: stopped, or queued again and dispatched.
+
+Team reward cache (`reuse_team_rewards`): a proposal whose cell a search of the same team
+already trained to the end under the same measurement (Search.measure_key: data set, split,
+objective, recipe, seed) is reused, like a duplicate within the search; `reused_from` names
+the architecture where it was measured. Never across teams; a stopped child's rung value is
+never reused.
+
 Live events (webapp.live): each advance writes its events (architectures sampled, reused
 children finished, controller updates, the search status and counters) in one bulk insert
 in its transaction; they reach the websocket clients after commit.
@@ -41,6 +53,7 @@ from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from nas_engine.counting import describe
+from nas_engine.early_stopping import fidelity
 from nas_engine.genotype import Genotype
 from nas_engine.spec import SearchSpec
 from nas_engine.strategies import Strategy
@@ -48,12 +61,12 @@ from webapp import dispatch
 from webapp.live import events as live
 from webapp.searches import models as m
 from webapp.searches import services
-from workers import strategy_store
-from workers.resources import dataset_for
+from workers import rungs, strategy_store
+from workers.resources import checkpoint_path, dataset_for
 
 log = logging.getLogger("nasnet.worker")
 
-RUN_FINISHED = (m.RUN_SUCCEEDED, m.RUN_FAILED, m.RUN_REUSED)
+RUN_FINISHED = (m.RUN_SUCCEEDED, m.RUN_STOPPED, m.RUN_FAILED, m.RUN_REUSED)
 # What a step changes on the Search row: only these are written (the spec is ~1 kB of JSON).
 STEP_FIELDS = [
     "status",
@@ -63,6 +76,9 @@ STEP_FIELDS = [
     "children_done",
     "children_failed",
     "children_reused",
+    "children_stopped",
+    "epochs_trained",
+    "epochs_saved",
     "best_reward",
     "best_architecture",
     "updated_at",
@@ -120,9 +136,13 @@ def _set_status(search: m.Search, status: str, **fields) -> None:
 
 
 def _cancel(search: m.Search) -> None:
-    stopped = m.ChildRun.objects.filter(architecture__search=search, status__in=m.RUN_ACTIVE).update(
+    active = m.ChildRun.objects.filter(architecture__search=search, status__in=m.RUN_ACTIVE)
+    waiting = list(active.filter(status=m.RUN_WAITING).values_list("id", flat=True))
+    stopped = active.update(
         status=m.RUN_CANCELLED, finished_at=timezone.now(), lease_expires_at=None, error="search cancelled"
     )
+    for run_id in waiting:  # nobody resumes them now (running ones: their worker removes its own)
+        checkpoint_path("child", run_id).unlink(missing_ok=True)
     log.info("search %s: %d active child runs cancelled", search.id, stopped)
     _set_status(search, m.CANCELLED)
     live.publish_many(search.id, [live.status(search)])
@@ -130,6 +150,14 @@ def _cancel(search: m.Search) -> None:
 
 def _step(search: m.Search) -> None:
     spec = search.parsed_spec
+    events: list[tuple[str, dict]] = []  # live events of this advance, written in one go
+    to_dispatch: list[int] = []
+    if spec.early_stop.active:
+        stopped, to_dispatch = rungs.settle_waiting(search, spec.early_stop)
+        for run in stopped:
+            checkpoint_path("child", run.pk).unlink(missing_ok=True)
+            m.ChildRun.objects.filter(pk=run.pk).update(announced=True)  # its event is in this transaction
+            events.append(live.finished(run, run.architecture.sample_index))
     untold = _untold_runs(search)
     finished = [row for row in untold if row[2] in RUN_FINISHED]
     active = sum(row[2] in m.RUN_ACTIVE for row in untold)
@@ -138,9 +166,8 @@ def _step(search: m.Search) -> None:
     free = min(wanted, team_free)
     if team_free < wanted:
         dispatch.hold_back(search.team_id, search.id)  # its team's next run to end wakes it
-    if search.status == m.RUNNING and search.checkpoint_at and not finished and free <= 0:
+    if search.status == m.RUNNING and search.checkpoint_at and not finished and free <= 0 and not to_dispatch:
         return  # a repeated kick: nothing arrived, no slot is free
-    events: list[tuple[str, dict]] = []  # live events of this advance, written in one go
     old_status = search.status
     cached = _strategies.pop(search.id, None)
     fresh = cached is not None and cached[0] == _version(search)
@@ -148,8 +175,7 @@ def _step(search: m.Search) -> None:
     if search.status == m.QUEUED:
         search.started_at = search.started_at or timezone.now()
         _set_status(search, m.RUNNING, started_at=search.started_at)
-    _tell(search, strategy, finished, events)
-    to_dispatch: list[int] = []
+    _tell(search, spec, strategy, finished, events)
     while free > 0:  # asking again while duplicates are reused (told at once) frees slots
         new_runs, reused = _sample(search, spec, strategy, free, events)
         to_dispatch += new_runs
@@ -190,21 +216,27 @@ def _version(search: m.Search) -> tuple:
     return (search.checkpoint_at, search.children_sampled, search.children_done, search.status)
 
 
-def _record(search: m.Search, arch_id: int, status: str, reward: float | None) -> None:
+def _record(search: m.Search, arch_id: int, status: str, reward: float | None, trained: int = 0, full: int = 0) -> None:
+    """Count a told child; `trained`: the epochs it trained, of its `full` training."""
     search.children_done += 1
     search.children_failed += status == m.RUN_FAILED
     search.children_reused += status == m.RUN_REUSED
+    search.epochs_trained += trained
+    if status == m.RUN_STOPPED:
+        search.children_stopped += 1
+        search.epochs_saved += max(full - trained, 0)
+        return  # a rung value is never the best reward
     if reward is not None and (search.best_reward is None or reward > search.best_reward):
         search.best_reward, search.best_architecture_id = reward, arch_id
 
 
 def _untold_runs(search: m.Search) -> list[tuple]:
-    """(architecture id, sample index, run status, reward, announced) of the children not yet
-    told: the active ones and those whose result waits to be told."""
+    """(architecture id, sample index, run status, reward, announced, epochs) of the children
+    not yet told: the active ones and those whose result waits to be told."""
     return list(
         m.ChildRun.objects.filter(architecture__search=search, architecture__told=False)
         .order_by("architecture__sample_index")
-        .values_list("architecture_id", "architecture__sample_index", "status", "reward", "announced")
+        .values_list("architecture_id", "architecture__sample_index", "status", "reward", "announced", "epochs")
     )
 
 
@@ -223,35 +255,41 @@ def _announce_missing(rows: list[tuple], events: list) -> None:
         log.warning("child run %s: its result had no child.finished event (its worker stopped); published", run.id)
 
 
-def _tell(search: m.Search, strategy: Strategy, rows: list[tuple], events: list) -> None:
-    """Tell the strategy, in sample_index order; mark the architectures told."""
+def _tell(search: m.Search, spec: SearchSpec, strategy: Strategy, rows: list[tuple], events: list) -> None:
+    """Tell the strategy, in sample_index order; mark the architectures told. With early
+    stopping, a trained child is told how far it trained and its rung values (Fidelity)."""
     if not rows:
         return
     _announce_missing(rows, events)
-    for arch_id, index, status, reward, _ in rows:
+    full, early_stop = spec.child.epochs, spec.early_stop
+    for arch_id, index, status, reward, _, epochs in rows:
+        trained = len(epochs) if epochs else (full if status == m.RUN_SUCCEEDED else 0)
         if status == m.RUN_FAILED or reward is None:
             stats = strategy.tell_failure(index)
-            _record(search, arch_id, m.RUN_FAILED, None)
-        else:
-            stats = strategy.tell(index, reward)
-            _record(search, arch_id, status, reward)
+            _record(search, arch_id, m.RUN_FAILED, None, trained)
+            if stats is not None:
+                events.append(live.controller(stats, index))
+            continue
+        told = None
+        values = rungs.values_of(epochs)
+        if early_stop.active and status in (m.RUN_SUCCEEDED, m.RUN_STOPPED) and values:
+            told = fidelity(early_stop, values, full)
+        stats = strategy.tell(index, reward, told)
+        _record(search, arch_id, status, reward, trained, full)
         if stats is not None:
             events.append(live.controller(stats, index))
-    run_reward = m.ChildRun.objects.filter(architecture_id=OuterRef("pk")).values("reward")[:1]
-    m.Architecture.objects.filter(id__in=[r[0] for r in rows]).update(told=True, reward=Subquery(run_reward))
+    # Architecture.reward is the full training's: a stopped child's rung value is not one.
+    run_reward = m.ChildRun.objects.filter(architecture_id=OuterRef("pk")).exclude(status=m.RUN_STOPPED)
+    m.Architecture.objects.filter(id__in=[r[0] for r in rows]).update(
+        told=True, reward=Subquery(run_reward.values("reward")[:1])
+    )
 
 
 def _sample(search: m.Search, spec: SearchSpec, strategy: Strategy, n: int, events: list) -> tuple[list[int], bool]:
     """Ask for n proposals and write their rows; returns (run ids to dispatch, any reused)."""
     proposals = strategy.ask(n)
     hashes = [p.genotype.canonical_hash() for p in proposals]
-    known: dict[str, float] = {}
-    if spec.reuse_duplicates:
-        known = dict(
-            m.Architecture.objects.filter(search=search, canonical_hash__in=hashes, reward__isnull=False)
-            .order_by("sample_index")
-            .values_list("canonical_hash", "reward")
-        )
+    known = _known_rewards(search, spec, hashes)
     counts = _counts(spec, [p.genotype for p in proposals])
     now = timezone.now()
     archs = [
@@ -262,15 +300,16 @@ def _sample(search: m.Search, spec: SearchSpec, strategy: Strategy, n: int, even
             canonical_hash=h,
             params=c[0],
             mult_adds=c[1],
-            reward=known.get(h),
+            reward=known[h][0] if h in known else None,
             told=h in known,
+            reused_from_id=known[h][1] if h in known else None,
         )
         for p, h, c in zip(proposals, hashes, counts)
     ]
     m.Architecture.objects.bulk_create(archs)
     runs, updates = [], []
     for p, arch in zip(proposals, archs):
-        reward = known.get(arch.canonical_hash)
+        reward = arch.reward
         if reward is not None:
             updates.append(strategy.tell(p.id, reward))
             _record(search, arch.id, m.RUN_REUSED, reward)
@@ -291,6 +330,33 @@ def _sample(search: m.Search, spec: SearchSpec, strategy: Strategy, n: int, even
     reused = sum(r.status == m.RUN_REUSED for r in runs)
     log.info("search %s: sampled %d children (%d reused)", search.id, len(proposals), reused)
     return [r.id for r in runs if r.status == m.RUN_QUEUED], reused > 0
+
+
+def _known_rewards(search: m.Search, spec: SearchSpec, hashes: list[str]) -> dict[str, tuple[float, int]]:
+    """hash -> (reward, architecture where it was measured) for the proposals that need no
+    training: duplicates within the search (`reuse_duplicates`), then cells another search
+    of the team trained to the end under the same measurement (`reuse_team_rewards`).
+    The earliest measurement wins; a reused architecture points at its original."""
+    known: dict[str, tuple[float, int]] = {}
+    sources = []
+    if spec.reuse_duplicates:
+        sources.append(m.Architecture.objects.filter(search=search).order_by("sample_index"))
+    if spec.reuse_team_rewards and search.measure_key:
+        sources.append(
+            m.Architecture.objects.filter(search__team_id=search.team_id, search__measure_key=search.measure_key)
+            .exclude(search=search)
+            .order_by("id")
+        )
+    for rows in sources:
+        wanted = [h for h in hashes if h not in known]
+        if not wanted:
+            break
+        found = rows.filter(canonical_hash__in=wanted, reward__isnull=False).values_list(
+            "canonical_hash", "reward", "id", "reused_from_id"
+        )
+        for h, reward, arch_id, original in found:
+            known.setdefault(h, (reward, original or arch_id))
+    return known
 
 
 def _counts(spec: SearchSpec, genotypes: list[Genotype]) -> list[tuple[int | None, int | None]]:

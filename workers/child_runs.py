@@ -5,6 +5,12 @@ The claim and every later write follow the lease protocol (webapp.searches.model
 a result is written only while the run is still this claim's, so a run taken away from a
 slow worker is never counted twice. Training stops when the search is cancelled or the run
 was taken away. An exception is retried (requeued) until NAS_MAX_ATTEMPTS, then failed.
+
+With early stopping (the spec's `early_stop`), the run asks after each decision epoch
+whether to go on (workers/rungs.py): it ends as `stopped` with its value at that rung, goes
+on, or gives its worker back to wait for its decision as a row (`waiting`); a real child
+then writes a checkpoint after every epoch (NAS_ARTIFACTS_ROOT/checkpoints/child-<id>.pt,
+removed when the run ends) so that it resumes where it stopped waiting.
 """
 
 from __future__ import annotations
@@ -16,13 +22,14 @@ import traceback
 from django.db import transaction
 
 from nas_engine.genotype import Genotype
-from nas_engine.trainer import train_child
+from nas_engine.spec import SearchSpec
+from nas_engine.trainer import EpochMetrics, train_child
 from webapp import dispatch
 from webapp.live import events as live
 from webapp.searches import models as m
-from workers import leases
+from workers import leases, rungs
 from workers.leases import LeaseReporter, lease_kept, worker_id
-from workers.resources import dataset_for, device, objective_for
+from workers.resources import checkpoint_path, dataset_for, device, objective_for
 
 log = logging.getLogger("nasnet.worker")
 
@@ -39,6 +46,7 @@ def finish(run: m.ChildRun, status: str, *, reward=None, error: str = "", wall_t
     if not run.finish(status, **fields):
         log.warning("child run %s: no longer ours (attempt %d), result dropped", run.pk, run.attempt)
         return False
+    checkpoint_path("child", run.pk).unlink(missing_ok=True)  # early stopping's, if any
     arch = run.architecture
     search_id = arch.search_id
     announce_finished(run, search_id, arch.sample_index)
@@ -47,6 +55,9 @@ def finish(run: m.ChildRun, status: str, *, reward=None, error: str = "", wall_t
         log.info("child run %s of search %s finished: reward %.4f%s", run.pk, search_id, reward, took)
     elif status == m.RUN_FAILED:
         log.warning("child run %s of search %s failed%s: %s", run.pk, search_id, took, error)
+    elif status == m.RUN_STOPPED:
+        rung = len(run.epochs)
+        log.info("child run %s of search %s stopped after epoch %d: %.4f%s", run.pk, search_id, rung, reward, took)
     else:
         log.info("child run %s of search %s %s%s: %s", run.pk, search_id, status, took, error)
     dispatch.request_advance(search_id)
@@ -114,8 +125,12 @@ def run_child(run_id: int) -> None:
     )
     start = time.perf_counter()
     label = f"child run {run.pk}"
+    gate = rungs.Gate(run, spec.early_stop, spec.child.epochs) if spec.early_stop.active else None
     try:
         if spec.objective["name"] == "synthetic":
+            if gate is not None:
+                _play_curve(run, spec, genotype, gate, label)
+                return
             # Heartbeats while it "trains": a duration_s longer than the lease would
             # otherwise be taken away and retried until it failed, every time.
             with lease_kept(run, label):
@@ -126,21 +141,132 @@ def run_child(run_id: int) -> None:
             else:
                 finish(run, m.RUN_SUCCEEDED, reward=reward, wall_time=elapsed)
             return
-        reporter = LeaseReporter(run, label, arch.search_id, on_epochs=lambda epochs: _publish_progress(run, epochs))
+        on_epochs = lambda epochs: _publish_progress(run, epochs)  # noqa: E731
+        if gate is None:
+            reporter = LeaseReporter(run, label, arch.search_id, on_epochs=on_epochs)
+        else:
+            reporter = RungReporter(run, label, arch.search_id, gate, on_epochs=on_epochs)
+        checkpoint = checkpoint_path("child", run.pk) if gate is not None else None
         # Heartbeats from a thread through every phase, not only per batch: decoding the data
         # set, building the network, and scoring the validation split report no progress.
         with lease_kept(run, label):
             data = dataset_for(spec.dataset, spec.seed)
-            result = train_child(genotype, spec.child, data, device=device(), reporter=reporter)
+            result = train_child(genotype, spec.child, data, device=device(), reporter=reporter, checkpoint=checkpoint)
     except Exception as exc:
         log.exception("child run %s: training raised", run.pk)
         last = traceback.format_exception_only(type(exc), exc)[-1].strip()
         retry_or_fail(run, last)
         return
     epochs = [e.to_dict() for e in result.epochs]
-    if result.status == "ok":
+    if gate is not None and reporter.verdict is not None:
+        _conclude_at_rung(run, *reporter.verdict, epochs, result.wall_time)
+    elif result.status == "ok":
         finish(run, m.RUN_SUCCEEDED, reward=result.reward, wall_time=result.wall_time, epochs=epochs)
     elif result.status == "diverged":
         finish(run, m.RUN_FAILED, error=f"diverged: {result.error}", wall_time=result.wall_time, epochs=epochs)
     elif not reporter.lost:  # stopped because the search is cancelling: the advance cancels it
         finish(run, m.RUN_CANCELLED, error="search cancelled", wall_time=result.wall_time, epochs=epochs)
+        checkpoint_path("child", run.pk).unlink(missing_ok=True)
+    elif checkpoint is not None and m.ChildRun.objects.filter(pk=run.pk, status__in=m.RUN_DONE).exists():
+        # Taken away because it ended (its search was cancelled or failed): nobody resumes it.
+        # (Taken away by another worker, it keeps its checkpoint: that worker resumes from it.)
+        checkpoint.unlink(missing_ok=True)
+
+
+class RungReporter(LeaseReporter):
+    """LeaseReporter that asks the gate after each decision epoch (its value written first,
+    as the decision reads it from the row) and stops training on stop, park or loss.
+    `verdict`: (STOP or PARK, epoch), once there is one."""
+
+    def __init__(self, run: m.ChildRun, label: str, search_id: int, gate: rungs.Gate, on_epochs=None):
+        super().__init__(run, label, search_id, on_epochs=on_epochs)
+        self.gate = gate
+        self.verdict: tuple[str, int] | None = None
+
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        at_rung = metrics.epoch in self.gate.epochs
+        self.epochs.append(metrics.to_dict())
+        self.dirty = True
+        self._maybe_beat(force=at_rung or metrics.epoch == metrics.epochs)
+        if at_rung:
+            self._ask(metrics.epoch)
+
+    def on_resume(self, epoch: int, history: list[EpochMetrics]) -> None:
+        """Resumed from the checkpoint after `epoch`: the decisions up to there come first (a
+        waiting run's own, or those of a run whose worker died at a rung)."""
+        super().on_resume(epoch, history)
+        for rung in sorted(e for e in self.gate.epochs if e <= epoch):
+            self._ask(rung)
+            if self.verdict is not None or self.lost:
+                return
+
+    def _ask(self, epoch: int) -> None:
+        if self.lost or self.verdict is not None:
+            return
+        outcome = self.gate.ask(epoch)
+        if outcome == rungs.LOST:
+            self.lost = True
+        elif outcome != rungs.CONTINUE:
+            self.verdict = (outcome, epoch)
+
+    def should_stop(self) -> bool:
+        return super().should_stop() or self.verdict is not None
+
+
+def _play_curve(run: m.ChildRun, spec: SearchSpec, genotype: Genotype, gate: rungs.Gate, label: str) -> None:
+    """The synthetic objective's learning curve, epoch by epoch, with the rung decisions
+    (duration_s spread over the epochs). The curve is a function of the cell, so a run that
+    waited continues after the epochs it wrote instead of playing them again."""
+    start = time.perf_counter()
+    objective, total = objective_for(spec), spec.child.epochs
+    outcome, at = rungs.CONTINUE, 0
+    with lease_kept(run, label):
+        values = objective.curve(genotype, total)
+        if values is None:
+            if objective.duration_s:
+                time.sleep(objective.duration_s / total)  # a failure shows up after an epoch or so
+            finish(run, m.RUN_FAILED, error="synthetic failure", wall_time=time.perf_counter() - start)
+            return
+        done = min(len(rungs.values_of(run.epochs)), total)
+        epochs = [_curve_epoch(e, total, values) for e in range(1, done + 1)]
+        for rung in sorted(e for e in gate.epochs if e <= done):
+            outcome, at = gate.ask(rung), rung
+            if outcome != rungs.CONTINUE:
+                break
+        for epoch in range(done + 1, total + 1) if outcome == rungs.CONTINUE else ():
+            if objective.duration_s:
+                time.sleep(objective.duration_s / total)
+            epochs.append(_curve_epoch(epoch, total, values))
+            if epoch in gate.epochs:
+                if not run.heartbeat(epochs=list(epochs)):
+                    outcome = rungs.LOST
+                    break
+                _publish_progress(run, epochs)
+                outcome, at = gate.ask(epoch), epoch
+                if outcome != rungs.CONTINUE:
+                    break
+    elapsed = time.perf_counter() - start
+    if outcome == rungs.CONTINUE:
+        finish(run, m.RUN_SUCCEEDED, reward=values[-1], wall_time=elapsed, epochs=epochs)
+    else:
+        _conclude_at_rung(run, outcome, at, epochs, elapsed)
+
+
+def _curve_epoch(epoch: int, total: int, values: list[float]) -> dict:
+    return {"epoch": epoch, "epochs": total, "val_acc": values[epoch - 1]}
+
+
+def _conclude_at_rung(run: m.ChildRun, outcome: str, at: int, epochs: list[dict], wall_time: float) -> None:
+    """A run that asked at a rung and does not go on: stopped there, waiting as a row, or
+    taken away meanwhile (whoever has it now goes on)."""
+    if outcome == rungs.STOP:
+        kept = epochs[:at]
+        finish(run, m.RUN_STOPPED, reward=rungs.values_of(kept)[-1], wall_time=wall_time, epochs=kept)
+    elif outcome == rungs.PARK:
+        if run.park(epochs[:at]):
+            # Its decision may have been taken between asking and parking: the advance looks.
+            dispatch.request_advance(run.architecture.search_id)
+        else:
+            log.warning("child run %s: no longer ours at epoch %d, not parked", run.pk, at)
+    else:
+        log.warning("child run %s: taken away at epoch %d while waiting for its decision", run.pk, at)

@@ -7,7 +7,8 @@ durable. The rows say what should be happening; the reaper makes it so.
 - queued child runs, selection runs and training jobs whose message was lost (a flushed Redis, a publish
   that failed): dispatched again, once the gpu queue has drained so that a run merely
   waiting its turn is not sent twice;
-- searches that stall (queued, cancelling, or running with nothing active): advanced;
+- searches that stall (queued, cancelling, or running with nothing active) and searches
+  with children waiting for an early-stopping decision (workers/rungs.py): advanced;
 - workers silent for too long: marked lost on the staff workers page.
 """
 
@@ -62,10 +63,17 @@ def reap() -> dict:
         for job in failed_jobs:
             log.warning("training job %s failed: %s", job.id, job.error)
 
-        active = m.ChildRun.objects.filter(architecture__search=OuterRef("pk"), status__in=m.RUN_ACTIVE)
+        runs = m.ChildRun.objects.filter(architecture__search=OuterRef("pk"))
         stalled = (
-            m.Search.objects.annotate(has_active=Exists(active))
-            .filter(Q(status__in=(m.QUEUED, m.CANCELLING)) | Q(status=m.RUNNING, has_active=False))
+            m.Search.objects.annotate(
+                has_active=Exists(runs.filter(status__in=m.RUN_ACTIVE)),
+                has_waiting=Exists(runs.filter(status=m.RUN_WAITING)),
+            )
+            .filter(
+                Q(status__in=(m.QUEUED, m.CANCELLING))
+                | Q(status=m.RUNNING, has_active=False)
+                | Q(status=m.RUNNING, has_waiting=True)
+            )
             .values_list("id", flat=True)
         )
         kicked.update(stalled)

@@ -17,6 +17,7 @@ ROUTES = [
     ("searches/<int:pk>/resume", v.SearchResume, "search-resume"),
     ("searches/<int:pk>/architectures", v.SearchArchitectures, "search-architectures"),
     ("searches/<int:pk>/selections", v.SearchSelections, "search-selections"),
+    ("searches/<int:pk>/rungs", v.SearchRungs, "search-rungs"),
     ("selections/<int:pk>", v.SelectionDetail, "selection"),
     ("selections/<int:pk>/cancel", v.SelectionCancel, "selection-cancel"),
     ("architectures/<int:pk>", v.ArchitectureDetail, "architecture"),

@@ -210,14 +210,15 @@ def filter_team(request, queryset):
     return queryset.filter(team_id=parse_id(value, "team"))
 
 
-def paginate(request, view, queryset) -> Response:
+def paginate(request, view, queryset, as_dict=None) -> Response:
+    """A page of `queryset`, each row as `as_dict(row)` (default: its to_dict())."""
     paginator = PageNumberPagination()
     query_param(request, paginator.page_query_param)  # the paginator reads the last one given
     try:
         page = paginator.paginate_queryset(queryset, request, view=view)
     except exceptions.NotFound as exc:
         raise ServiceError("page", str(exc.detail), status=404) from None
-    return paginator.get_paginated_response([obj.to_dict() for obj in page])
+    return paginator.get_paginated_response([(as_dict or type(obj).to_dict)(obj) for obj in page])
 
 
 def guarded(field: str, call, **kwargs):
@@ -303,6 +304,18 @@ ORDER_BY = {
 }
 
 
+def architecture_dict(arch: m.Architecture) -> dict:
+    """An architecture as the API answers it: its to_dict() with its child run's to_dict()
+    (`run`: status queued, running, waiting, succeeded, stopped, failed, reused or cancelled;
+    null before it has one) and `epochs_trained`, the epochs its run trained: for a child
+    early stopping stopped, the rung it reached; for a reused one, 0. `reward` is the final
+    reward only; a stopped child's value at its rung is `run.reward`. Read `runs` with the
+    row (prefetch_related("runs"))."""
+    run = next(iter(arch.runs.all()), None)
+    epochs = run.epochs if run is not None and isinstance(run.epochs, list) else []
+    return {**arch.to_dict(), "run": run.to_dict() if run else None, "epochs_trained": len(epochs)}
+
+
 class SearchArchitectures(ApiView):
     @extend_schema(
         operation_id="searches_architectures_list",
@@ -314,13 +327,27 @@ class SearchArchitectures(ApiView):
         ordering = query_param(request, "ordering") or "sample_index"
         if ordering not in ORDER_BY:
             raise ServiceError("ordering", f"must be one of {', '.join(ORDER_BY)}")
-        return paginate(request, self, search.architectures.order_by(*ORDER_BY[ordering], "id"))
+        archs = search.architectures.prefetch_related("runs").order_by(*ORDER_BY[ordering], "id")
+        return paginate(request, self, archs, architecture_dict)
+
+
+class SearchRungs(ApiView):
+    @extend_schema(
+        operation_id="searches_rungs_list", parameters=[s.PAGE], responses={200: s.page_of("RungDecisions"), **ERRORS}
+    )
+    def get(self, request, pk: int):
+        """Early stopping's decisions: one row per child (`sample_index`) and epoch where the rule
+        judged it (`stop`: ended there, else went on), its `value`, the `threshold` it was
+        compared with (null: too few peers) and the `peers`; by epoch, then sample index."""
+        search = get_or_404(m.Search.objects.for_user(request.user), pk)
+        return paginate(request, self, search.rung_decisions.order_by("epoch", "sample_index", "id"))
 
 
 class ArchitectureDetail(ApiView):
     @extend_schema(responses={200: OBJ, **ERRORS})
     def get(self, request, pk: int):
-        return Response(get_or_404(m.Architecture.objects.for_user(request.user), pk).to_dict())
+        qs = m.Architecture.objects.for_user(request.user).prefetch_related("runs")
+        return Response(architecture_dict(get_or_404(qs, pk)))
 
 
 class ArchitectureGenotype(ApiView):

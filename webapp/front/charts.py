@@ -7,7 +7,9 @@ browser, so series are reduced on the server before they are sent:
   every bucket keeps its lowest and its highest reward, so the best (and the worst) child
   always stays on the chart and the spread of every stretch stays visible;
 - running best: only the points where the best improves (a step line through them);
-- moving average: a trailing mean computed over every reward, then thinned by stride.
+- moving average: a trailing mean computed over every reward, then thinned by stride;
+- stopped children (early stopping): their values at the rung they reached, a scatter of
+  its own (downsampled like the rewards), never in the running best or the average.
 """
 
 from __future__ import annotations
@@ -99,6 +101,13 @@ def reward_series(points: Sequence[tuple], max_points: int = MAX_POINTS) -> dict
             "tail": [p[1] for p in points[-window:]],  # lets the page continue the average live
         },
     }
+
+
+def point_series(points: Sequence[tuple], max_points: int = MAX_POINTS) -> dict:
+    """A scatter of (sample_index, value) sorted by sample_index, downsampled as the rewards
+    are, with no running best and no average: the stopped children's rung values."""
+    shown = downsample(points, max_points)
+    return {"total": len(points), "x": [p[0] for p in shown], "y": [p[1] for p in shown]}
 
 
 def policy_labels(space: SearchSpace) -> tuple[list[str], list[list[str]]]:

@@ -1,7 +1,8 @@
 """Forms of the web pages. They collect input; services validate and write.
 
 `SearchForm.spec_data()` builds a spec (nas_engine/spec.py shape) from the chosen preset
-and the visible fields; a non-empty "advanced: spec JSON" replaces it entirely. A
+and the visible fields (early stopping and the team reward cache included); a non-empty
+"advanced: spec JSON" replaces it entirely. A
 `ServiceError` from the service is put back on the field it names (`error_to_field`).
 """
 
@@ -13,8 +14,10 @@ import math
 from django import forms
 
 from nas_engine.data import BUILTIN
+from nas_engine.early_stopping import RULES
 from nas_engine.spec import OBJECTIVES
 from nas_engine.strategies import STRATEGIES
+from nas_engine.strategies.base import STOPPED_REWARDS
 from nas_engine.transfer import TRANSFER_PRESETS
 from webapp.accounts.models import Team
 from webapp.front.presets import DEFAULT_PRESET, PRESET_CHOICES, SCALE_DEFAULTS, preset_spec
@@ -32,7 +35,26 @@ SEARCH_ERROR_FIELDS = {
     "spec.child.repeats": "child_repeats",
     "spec.child.filters": "child_filters",
     "spec.seed": "seed",
+    "spec.early_stop": "early_stop_rule",
+    "spec.early_stop.rule": "early_stop_rule",
+    "spec.early_stop.min_epochs": "early_stop_min_epochs",
+    "spec.early_stop.reduction_factor": "early_stop_reduction_factor",
+    "spec.early_stop.min_peers": "early_stop_min_peers",
+    "spec.early_stop.stopped_reward": "early_stop_stopped_reward",
+    "spec.reuse_team_rewards": "reuse_team_rewards",
 }
+# nas_engine.early_stopping.RULES and strategies.base.STOPPED_REWARDS, as the form words them.
+EARLY_STOP_RULES = {
+    "none": "none: every child trains in full",
+    "asha": "ASHA (asynchronous successive halving)",
+    "median": "median stopping rule",
+}
+STOPPED_REWARD_CHOICES = {
+    "rung": "rung: its value at the rung, against a baseline per rung",
+    "normalised": "normalised: as rung, rescaled to the spread of final rewards",
+    "drop": "drop: nothing (learn from completed children only)",
+}
+EARLY_STOP_FIELDS = ("min_epochs", "reduction_factor", "min_peers")
 TRAIN_ERROR_FIELDS = {
     "name": "name",
     "dataset.name": "dataset",
@@ -90,6 +112,42 @@ class SearchForm(forms.Form):
     child_repeats = forms.IntegerField(label="Child N (cells per stack)")
     child_filters = forms.IntegerField(label="Child F (filters)")
     seed = forms.IntegerField()
+    # Early stopping (nas_engine/early_stopping.py). A blank number takes the engine's default.
+    early_stop_rule = forms.ChoiceField(
+        label="Rule",
+        choices=[(r, EARLY_STOP_RULES.get(r, r)) for r in RULES],
+        initial="none",
+        help_text="end children clearly worse than their peers before their full training; "
+        "the settings below apply only with a rule",
+    )
+    early_stop_min_epochs = forms.IntegerField(
+        label="Min epochs",
+        required=False,
+        help_text="ASHA's first rung, the median rule's grace period; below the child epochs (blank: 1)",
+    )
+    early_stop_reduction_factor = forms.IntegerField(
+        label="Reduction factor",
+        required=False,
+        help_text="ASHA: rungs this factor apart, the top 1/factor go on (blank: 3)",
+    )
+    early_stop_min_peers = forms.IntegerField(
+        label="Min peers",
+        required=False,
+        help_text="median rule: judge a child only once this many earlier children reached the epoch (blank: 3)",
+    )
+    early_stop_stopped_reward = forms.ChoiceField(
+        label="Strategies learn from a stopped child",
+        choices=[(r, STOPPED_REWARD_CHOICES.get(r, r)) for r in STOPPED_REWARDS],
+        initial="rung",
+        help_text="PPO and REINFORCE; evolution ranks a stopped child below those trained further",
+    )
+    reuse_team_rewards = forms.BooleanField(
+        label="Reuse rewards the team already measured",
+        required=False,
+        initial=True,
+        help_text="a cell another search of the team trained on the same data, split, objective, recipe "
+        "and seed takes that reward instead of training again",
+    )
     spec_json = forms.CharField(
         required=False,
         label="Advanced: spec JSON",
@@ -135,7 +193,21 @@ class SearchForm(forms.Form):
         spec["budget"] = {"children": d["children"], "parallel": d["parallel"]}
         spec["child"].update(epochs=d["child_epochs"], repeats=d["child_repeats"], filters=d["child_filters"])
         spec["seed"] = d["seed"]
+        spec["early_stop"] = self.early_stop_data()
+        spec["reuse_team_rewards"] = d["reuse_team_rewards"]
         return spec
+
+    def early_stop_data(self) -> dict:
+        """The spec's `early_stop`: the rule, and with a rule its settings (blank: the
+        engine's default). Without one the settings do nothing, so they are not sent: a
+        number left in a field the rule ignores cannot refuse the search."""
+        d = self.cleaned_data
+        data = {"rule": d["early_stop_rule"]}
+        if data["rule"] == "none":
+            return data
+        data.update({k: d[f"early_stop_{k}"] for k in EARLY_STOP_FIELDS if d.get(f"early_stop_{k}") is not None})
+        data["stopped_reward"] = d["early_stop_stopped_reward"]
+        return data
 
     def add_service_error(self, error) -> None:
         if self.uses_json and error.field.startswith("spec"):

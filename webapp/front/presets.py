@@ -19,6 +19,7 @@ import copy
 
 from django.conf import settings
 
+from nas_engine.early_stopping import parse_early_stop
 from nas_engine.spec import DEFAULT_CHILD
 from webapp.searches import services
 
@@ -84,6 +85,7 @@ def preset_initial(key: str) -> dict:
     """The form fields' values for a preset."""
     spec = preset_spec(key)
     child = spec["child"]
+    early_stop = parse_early_stop(spec.get("early_stop"))  # none in a preset yet: the defaults
     return {
         "preset": key if key in PRESETS else DEFAULT_PRESET,
         "dataset": spec["dataset"]["name"],
@@ -95,6 +97,12 @@ def preset_initial(key: str) -> dict:
         "child_repeats": child["repeats"],
         "child_filters": child["filters"],
         "seed": spec["seed"],
+        "early_stop_rule": early_stop.rule,
+        "early_stop_min_epochs": early_stop.min_epochs,
+        "early_stop_reduction_factor": early_stop.reduction_factor,
+        "early_stop_min_peers": early_stop.min_peers,
+        "early_stop_stopped_reward": early_stop.stopped_reward,
+        "reuse_team_rewards": spec.get("reuse_team_rewards", True),
     }
 
 

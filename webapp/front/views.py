@@ -30,7 +30,7 @@ from nas_engine.render import render_genotype_svg
 from nas_engine.selection import DEFAULT_SEEDS, EPOCHS_FACTOR, default_top_k
 from nas_engine.space import SearchSpace, SpaceError
 from webapp.accounts.models import Team
-from webapp.front import charts
+from webapp.front import charts, children
 from webapp.front.forms import SearchForm, SelectionForm, TrainForm
 from webapp.front.presets import DEFAULT_PRESET, PRESETS, preset_initial, preset_spec, promote
 from webapp.live import events as live_events
@@ -142,15 +142,17 @@ def _selection_form(search: Search, data=None) -> SelectionForm:
 
 def _render_search(request: HttpRequest, search: Search, select_form: SelectionForm, status: int = 200):
     # The table shows no genotype (~2 kB of JSON per row to read and parse).
-    architectures = search.architectures.defer("genotype").prefetch_related("runs").order_by("-sample_index")
+    architectures = children.with_origin(search.architectures.prefetch_related("runs")).order_by("-sample_index")
     page = Paginator(architectures, ARCHITECTURES_PER_PAGE).get_page(request.GET.get("page"))
     best = search.best_architecture
     epochs = _planned_epochs(search)
     rows = []
     for a in page:
         run = next(iter(a.runs.all()), None)
-        a.epoch, a.epochs = _epoch_progress(run, epochs)
+        a.child = children.child_row(a, run, search, epochs)
+        a.epoch, a.epochs = a.child["epoch"], a.child["epochs"]
         rows.append((a, run))
+    early_stop = search.parsed_spec.early_stop
     selections = list(search.selections.select_related("winner").order_by("-created_at", "-id"))
     measuring = any(s.kind == m.SELECTION_NOISE_FLOOR and not s.is_done for s in selections)
     live = {
@@ -158,12 +160,14 @@ def _render_search(request: HttpRequest, search: Search, select_form: SelectionF
         "chart_url": reverse("front:search_chart", args=[search.id]),
         "ws_path": f"/ws/searches/{search.id}/",
         "architecture_prefix": "/architectures/",
+        "search_prefix": "/searches/",
         "transitions": {a: sorted(allowed) for a, (allowed, _) in services.TRANSITIONS.items()},
         "rl": _is_rl(search),
         "live_table": page.number == 1,
         "per_page": ARCHITECTURES_PER_PAGE,
         "children_total": search.children_total,
         "epochs": epochs,
+        "early_stop": early_stop.active,
     }
     context = {
         "search": search,
@@ -177,6 +181,10 @@ def _render_search(request: HttpRequest, search: Search, select_form: SelectionF
         "noise_floor_measuring": measuring,
         "select_form": select_form,
         "can_select": search.team.has_member(request.user),
+        "early_stop": early_stop,
+        "early_stop_words": children.early_stop_words(early_stop, epochs),
+        "stopped_reward_words": children.STOPPED_REWARD_WORDS.get(early_stop.stopped_reward),
+        "rungs": search.rung_counts(),
         "live": live,
     }
     return render(request, "front/search_detail.html", context, status=status)
@@ -209,13 +217,6 @@ def _is_rl(search: Search) -> bool:
     return search.parsed_spec.strategy in charts.RL_STRATEGIES
 
 
-def _epoch_progress(run, planned: int | None) -> tuple[int, int | None]:
-    """(epochs done, epochs planned) of a child run, from its latest epoch row."""
-    last = latest_epoch(run.epochs) if run is not None else {}
-    done, total = _number(last.get("epoch")), _number(last.get("epochs"))
-    return int(done or 0), int(total) if total else planned
-
-
 @login_required
 @require_POST
 def search_action(request: HttpRequest, search_id: int, action: str) -> HttpResponse:
@@ -243,16 +244,20 @@ def _chart_state(user, search_id: int) -> dict:
     # REPEATABLE READ snapshot, rows may be newer still). The page skips the reward of an
     # architecture listed in `recent`; status events carry the whole state anyway.
     last_seq = live_events.last_stored_seq(search.id)
-    runs = m.ChildRun.objects.filter(
-        architecture__search_id=search.id, status__in=(m.RUN_SUCCEEDED, m.RUN_REUSED), reward__isnull=False
-    )
-    rows = list(
-        runs.order_by("architecture__sample_index").values_list(
-            "architecture__sample_index", "reward", "architecture_id", "finished_at"
-        )
-    )
+    runs = m.ChildRun.objects.filter(architecture__search_id=search.id, reward__isnull=False)
+    fields = ("architecture__sample_index", "reward", "architecture_id", "finished_at")
+    rows = list(runs.filter(status__in=children.FINAL).order_by("architecture__sample_index").values_list(*fields))
+    # A stopped child's reward is its value at a rung (after 1 of 20 epochs, say): far below
+    # any final reward for having been stopped, not for being a worse cell. Plotted among the
+    # rewards, or in the running best and the moving average, it would read as a bad child and
+    # drag the average down. It goes to a series of its own ("stopped (rung value)", drawn
+    # apart), so the chart still shows what early stopping cut and where.
+    stopped = list(runs.filter(status=m.RUN_STOPPED).order_by("architecture__sample_index").values_list(*fields))
     rewards = charts.reward_series([(index, reward) for index, reward, _, _ in rows])
-    latest = heapq.nlargest(RECENT_FINISHED, rows, key=lambda r: (r[3] is not None, r[3] and r[3].timestamp(), r[2]))
+    rewards["stopped"] = charts.point_series([(index, value) for index, value, _, _ in stopped])
+    latest = heapq.nlargest(
+        RECENT_FINISHED, rows + stopped, key=lambda r: (r[3] is not None, r[3] and r[3].timestamp(), r[2])
+    )
     rewards["recent"] = [r[2] for r in latest]
     data = {
         "search": search.id,
@@ -291,27 +296,11 @@ def _policy(search: Search, step, probs) -> dict:
 
 
 def _children_snapshot(search: Search) -> list[dict]:
-    """The latest architectures as the live table shows them."""
+    """The latest architectures as the live table shows them (children.child_row)."""
     planned = _planned_epochs(search)
-    archs = search.architectures.defer("genotype").prefetch_related("runs").order_by("-sample_index")
+    archs = children.with_origin(search.architectures.prefetch_related("runs")).order_by("-sample_index")
     archs = archs[:ARCHITECTURES_PER_PAGE]
-    out = []
-    for a in archs:
-        run = next(iter(a.runs.all()), None)
-        epoch, epochs = _epoch_progress(run, planned)
-        out.append(
-            {
-                "architecture": a.id,
-                "sample_index": a.sample_index,
-                "status": run.status if run else None,
-                "epoch": epoch,
-                "epochs": epochs,
-                "reward": run.reward if run and run.reward is not None else a.reward,
-                "params": a.params,
-                "mult_adds": a.mult_adds,
-            }
-        )
-    return out
+    return [children.child_row(a, next(iter(a.runs.all()), None), search, planned) for a in archs]
 
 
 class _MarkupSafeJSONEncoder(DjangoJSONEncoder):
@@ -415,6 +404,7 @@ def _render_architecture(request: HttpRequest, arch: Architecture, form: TrainFo
     )
     job_rows = [(job, *job_progress(job)) for job in jobs]
     selections = selection_stats([arch]).get(arch.id, [])
+    child = children.child_row(arch, run, arch.search, _planned_epochs(arch.search))
     live = {
         "architecture": arch.id,
         "search": arch.search_id,
@@ -428,6 +418,7 @@ def _render_architecture(request: HttpRequest, arch: Architecture, form: TrainFo
         "arch": arch,
         "search": arch.search,
         "run": run,
+        "child": child,
         "columns": [c.replace("_", " ") for c in columns],
         "epoch_rows": rows,
         "svg": cells_svg(arch.genotype),

@@ -265,9 +265,14 @@ def job_progress(job) -> tuple[str, dict]:
 
 
 def status(search) -> tuple[str, dict]:
-    """The whole state of a Search row (status, counters, best). Reads search.owner: load it
+    """The whole state of a Search row (status, counters, best), and with early stopping its
+    decisions per rung (Search.rung_counts: one aggregate query). Reads search.owner: load it
     with the row (select_related("owner"))."""
-    return STATUS, {"search": model_dict(search)}
+    payload = {"search": model_dict(search)}
+    rungs = search.rung_counts()
+    if rungs:
+        payload["rungs"] = rungs
+    return STATUS, payload
 
 
 def selection_progress(selection) -> tuple[str, dict]:

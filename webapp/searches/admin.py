@@ -22,6 +22,7 @@ from webapp.searches import services
 from webapp.searches.models import (
     Architecture,
     ChildRun,
+    RungDecision,
     Search,
     Selection,
     SelectionRun,
@@ -32,7 +33,7 @@ from webapp.searches.models import (
 TOP_ARCHITECTURES = 10
 PROGRESS_FIELDS = [
     "children_total", "children_sampled", "children_done", "children_failed", "children_reused",
-    "best_reward", "best_link", "architectures_links",
+    "children_stopped", "epochs_trained", "epochs_saved", "best_reward", "best_link", "architectures_links",
 ]  # fmt: skip
 
 
@@ -71,13 +72,14 @@ class SearchAdmin(admin.ModelAdmin):
     actions = ["cancel_searches", "requeue_failed"]
     readonly_fields = [
         "team", "owner", "status", "spec_pretty", "children_total", "children_sampled", "children_done",
-        "children_failed", "children_reused", "best_reward", "best_link", "checkpoint_size", "checkpoint_at",
-        "architectures_links", "error", "created_at", "started_at", "finished_at", "updated_at",
+        "children_failed", "children_reused", "children_stopped", "epochs_trained", "epochs_saved", "best_reward",
+        "best_link", "checkpoint_size", "checkpoint_at", "architectures_links", "measure_key", "error",
+        "created_at", "started_at", "finished_at", "updated_at",
     ]  # fmt: skip
     fieldsets = [
         (None, {"fields": ["name", "team", "owner", "status", "error"]}),
         ("Progress", {"fields": PROGRESS_FIELDS}),
-        ("Spec and strategy state", {"fields": ["spec_pretty", "checkpoint_size", "checkpoint_at"]}),
+        ("Spec and strategy state", {"fields": ["spec_pretty", "measure_key", "checkpoint_size", "checkpoint_at"]}),
         ("Times", {"fields": ["created_at", "started_at", "finished_at", "updated_at"]}),
     ]
 
@@ -158,7 +160,7 @@ class ArchitectureAdmin(admin.ModelAdmin):
     list_select_related = ["search", "search__team"]
     actions = ["promote_architectures"]
     fields = [
-        "search_link", "sample_index", "reward", "params", "mult_adds", "told",
+        "search_link", "sample_index", "reward", "reused_from_link", "params", "mult_adds", "told",
         "canonical_hash", "cells", "genotype_pretty", "created_at",
     ]  # fmt: skip
     readonly_fields = fields
@@ -170,6 +172,11 @@ class ArchitectureAdmin(admin.ModelAdmin):
     @admin.display(description="search")
     def search_link(self, obj: Architecture) -> str:
         return _link(obj.search, obj.search)
+
+    @admin.display(description="reward measured by")
+    def reused_from_link(self, obj: Architecture) -> str:
+        source = obj.reused_from
+        return _link(source, f"#{source.sample_index} of {source.search.name}") if source else "-"
 
     @admin.display(description="cells")
     def cells(self, obj: Architecture) -> str:
@@ -218,6 +225,29 @@ class ChildRunAdmin(admin.ModelAdmin):
     ]  # fmt: skip
 
     def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(RungDecision)
+class RungDecisionAdmin(admin.ModelAdmin):
+    """Early stopping's decisions (workers/rungs.py): read-only, as every decision rests on
+    the ones before it."""
+
+    list_display = ["search", "sample_index", "epoch", "stop", "value", "threshold", "peers", "created_at"]
+    list_filter = ["stop", "epoch", "search__team"]
+    search_fields = ["search__name", "=sample_index"]
+    list_select_related = ["search"]
+    readonly_fields = [
+        "search", "sample_index", "epoch", "stop", "value", "threshold", "peers", "statistic", "created_at",
+    ]  # fmt: skip
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
 

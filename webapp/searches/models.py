@@ -13,7 +13,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import models
-from django.db.models import F, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, F, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Length
 from django.utils import timezone
 
@@ -45,11 +45,16 @@ RUN_QUEUED, RUN_RUNNING, RUN_SUCCEEDED, RUN_FAILED, RUN_REUSED, RUN_CANCELLED = 
     "reused",
     "cancelled",
 )
+# Early stopping (workers/rungs.py): a child run that reached a rung and must wait for its
+# decision gives its worker back and is `waiting` (no worker, no task message) until the
+# decision is taken; one the rule ended is `stopped`, its reward its value at that rung.
+RUN_WAITING, RUN_STOPPED = "waiting", "stopped"
 RUN_STATUSES = [
-    (s, s.capitalize()) for s in (RUN_QUEUED, RUN_RUNNING, RUN_SUCCEEDED, RUN_FAILED, RUN_REUSED, RUN_CANCELLED)
+    (s, s.capitalize())
+    for s in (RUN_QUEUED, RUN_RUNNING, RUN_WAITING, RUN_SUCCEEDED, RUN_STOPPED, RUN_FAILED, RUN_REUSED, RUN_CANCELLED)
 ]
-RUN_ACTIVE = (RUN_QUEUED, RUN_RUNNING)
-RUN_DONE = (RUN_SUCCEEDED, RUN_FAILED, RUN_REUSED, RUN_CANCELLED)
+RUN_ACTIVE = (RUN_QUEUED, RUN_RUNNING, RUN_WAITING)
+RUN_DONE = (RUN_SUCCEEDED, RUN_STOPPED, RUN_FAILED, RUN_REUSED, RUN_CANCELLED)
 
 
 class TeamScopedQuerySet(models.QuerySet):
@@ -88,6 +93,13 @@ class Search(models.Model):
     children_done = models.PositiveIntegerField(default=0)
     children_failed = models.PositiveIntegerField(default=0)
     children_reused = models.PositiveIntegerField(default=0)
+    children_stopped = models.PositiveIntegerField(default=0, help_text="ended early at a rung (early stopping)")
+    epochs_trained = models.PositiveBigIntegerField(default=0, help_text="child epochs actually trained, told children")
+    epochs_saved = models.PositiveBigIntegerField(
+        default=0, help_text="epochs the stopped children did not train (their full training minus the rung)"
+    )
+    # SearchSpec.measurement_key: the team reward cache reuses rewards of searches with the same key.
+    measure_key = models.CharField(max_length=64, blank=True, db_index=True)
     best_reward = models.FloatField(null=True, blank=True)
     best_architecture = models.ForeignKey(
         "Architecture", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -121,6 +133,29 @@ class Search(models.Model):
         against them when it was submitted, and lowering a quota must not break it."""
         return _parse_stored_spec(json.dumps(self.spec, sort_keys=True), str(settings.NAS_DATA_ROOT))
 
+    def rung_counts(self) -> list[dict]:
+        """Early stopping per decision epoch: the children judged there (`reached`), those
+        that went on and those stopped ([] without early stopping). One aggregate query over
+        the RungDecision rows; every epoch where the rule may decide is listed, judged or not.
+        The search page's table, and the search.status event's `rungs` (webapp.live)."""
+        from nas_engine.early_stopping import decision_epochs
+
+        spec = self.parsed_spec
+        if not spec.early_stop.active:
+            return []
+        rows = {
+            row["epoch"]: row
+            for row in self.rung_decisions.values("epoch")
+            .annotate(reached=Count("id"), stopped=Count("id", filter=Q(stop=True)))
+            .order_by("epoch")
+        }
+        out = []
+        for epoch in sorted(set(decision_epochs(spec.early_stop, spec.child.epochs)) | set(rows)):
+            reached = rows.get(epoch, {}).get("reached", 0)
+            stopped = rows.get(epoch, {}).get("stopped", 0)
+            out.append({"epoch": epoch, "reached": reached, "continued": reached - stopped, "stopped": stopped})
+        return out
+
     @property
     def progress(self) -> int:
         """Percent of the budget done (told: trained, reused or failed)."""
@@ -139,6 +174,9 @@ class Search(models.Model):
             "children_done": self.children_done,
             "children_failed": self.children_failed,
             "children_reused": self.children_reused,
+            "children_stopped": self.children_stopped,
+            "epochs_trained": self.epochs_trained,
+            "epochs_saved": self.epochs_saved,
             "best_reward": self.best_reward,
             "best_architecture": self.best_architecture_id,
             "noise_floor": self.noise_floor,
@@ -200,7 +238,15 @@ class Architecture(models.Model):
     canonical_hash = models.CharField(max_length=64, db_index=True)
     params = models.BigIntegerField(null=True, blank=True)
     mult_adds = models.BigIntegerField(null=True, blank=True)
-    reward = models.FloatField(null=True, blank=True, db_index=True, help_text="validation accuracy, once known")
+    reward = models.FloatField(
+        null=True,
+        blank=True,
+        db_index=True,
+        help_text="validation accuracy after the full training, once known (a stopped child has none)",
+    )
+    # A reused child: the architecture (of this search, or of another search of the team
+    # measured the same way) whose reward it took.
+    reused_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     # Whether the strategy has been told this architecture's result (reward or failure).
     told = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -225,6 +271,7 @@ class Architecture(models.Model):
             "params": self.params,
             "mult_adds": self.mult_adds,
             "reward": self.reward,
+            "reused_from": self.reused_from_id,
             "created_at": _iso(self.created_at),
         }
 
@@ -416,8 +463,53 @@ class ChildRun(LeasedWork):
     def claimed(cls, pk: int):
         return cls.objects.select_related("architecture__search").get(pk=pk)
 
+    def park(self, epochs: list) -> bool:
+        """End this claim at a rung whose decision must wait (early stopping): the run gives
+        its worker back and waits as a row, with the epochs it trained; the advance queues
+        it again, or stops it, once its decision is taken. False: no longer ours."""
+        return bool(self.ours().update(status=RUN_WAITING, lease_expires_at=None, epochs=epochs))
+
     def to_dict(self) -> dict:
         return {"id": self.id, "architecture": self.architecture_id, **self.result_dict()}
+
+
+class RungDecision(models.Model):
+    """Early stopping's decision for one child after one epoch (workers/rungs.py): taken once,
+    from the rows, in ask order, and kept, so a worker that asks again (after a crash, a
+    restart from scratch, or a wait) gets the same answer.
+
+    `statistic` is what the child contributes as a peer to later decisions at this epoch
+    (ASHA: its value; the median rule: its running mean); `value` is what the rule judged,
+    `threshold` what it was compared with (None: too few peers), `peers` how many."""
+
+    search = models.ForeignKey(Search, on_delete=models.CASCADE, related_name="rung_decisions")
+    sample_index = models.PositiveIntegerField()
+    epoch = models.PositiveIntegerField()
+    statistic = models.FloatField()
+    value = models.FloatField()
+    threshold = models.FloatField(null=True, blank=True)
+    peers = models.PositiveIntegerField(default=0)
+    stop = models.BooleanField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["search", "epoch", "sample_index"]
+        constraints = [
+            models.UniqueConstraint(fields=["search", "epoch", "sample_index"], name="one_decision_per_rung")
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.sample_index} after epoch {self.epoch}: {'stop' if self.stop else 'continue'}"
+
+    def to_dict(self) -> dict:
+        return {
+            "sample_index": self.sample_index,
+            "epoch": self.epoch,
+            "stop": self.stop,
+            "value": self.value,
+            "threshold": self.threshold,
+            "peers": self.peers,
+        }
 
 
 class TrainingJob(LeasedWork):

@@ -101,7 +101,12 @@ def submit_search(*, user, team: Team, name: str, spec_data: object) -> m.Search
                 status=429,
             )
         search = m.Search.objects.create(
-            team=team, owner=user, name=name, spec=spec.to_dict(), children_total=spec.children
+            team=team,
+            owner=user,
+            name=name,
+            spec=spec.to_dict(),
+            children_total=spec.children,
+            measure_key=spec.measurement_key(),
         )
         dispatch.send_on_commit(dispatch.TASK_ADVANCE, search.id)
     log.info(

@@ -25,10 +25,27 @@
   }
 
   function onChildFinished(run) {
-    if (epochs.add(newestEpoch(run.epochs))) epochs.draw();
+    var last = newestEpoch(run.epochs);
+    if (epochs.add(last)) epochs.draw();
     setBadge(document.getElementById("run-status"), run.status);
     var reward = num(run.reward);
-    if (reward !== null) document.getElementById("arch-reward").textContent = reward.toFixed(4);
+    if (reward === null) return;
+    if (run.status === "stopped") {
+      // Its reward is its value at the rung it reached, not a final reward (_child_note.html).
+      var note = document.getElementById("run-note");
+      if (!note) return;
+      var epoch = num(last.epoch), total = num(last.epochs);
+      var stoppedAt = document.createElement("div");
+      stoppedAt.className = "child-note muted";
+      stoppedAt.textContent = "stopped after epoch " + (epoch === null ? "?" : epoch) + " of " +
+        (total === null ? "?" : total);
+      var value = document.createElement("div");
+      value.className = "child-note muted";
+      value.textContent = "rung value " + reward.toFixed(4);
+      note.replaceChildren(stoppedAt, value);
+    } else if (run.status === "succeeded" || run.status === "reused") {
+      document.getElementById("arch-reward").textContent = reward.toFixed(4);
+    }
   }
 
   function jobRow(id) {

@@ -31,6 +31,8 @@
     done: document.getElementById("stat-done"),
     sampled: document.getElementById("stat-sampled"),
     failed: document.getElementById("stat-failed"),
+    stopped: document.getElementById("stat-stopped"),
+    epochs: document.getElementById("stat-epochs"),
     best: document.getElementById("stat-best"),
     noiseFloor: document.getElementById("stat-noise-floor"),
     bestTitle: document.getElementById("best-title"),
@@ -42,6 +44,9 @@
   // -- state of the charts -----------------------------------------------------------------
   var rewards = { x: [], y: [], plotted: new Set(), maxX: null };
   var best = { x: [], y: [] }; // change points of the running best, sorted by x
+  // Stopped children (early stopping) at their rung value: a series apart, never in the
+  // running best or the moving average (a value after a few epochs is no final reward).
+  var stopped = { x: [], y: [] };
   var avg = { window: 5, x: [], y: [], tail: [] };
   var noiseFloor = null; // Search.noise_floor: σ of one cell's reward over seeds
   var ctl = { step: [], loss: [], entropy: [], baseline: [] };
@@ -82,6 +87,17 @@
     for (var i = 0; i < avg.tail.length; i++) sum += avg.tail[i];
     avg.x.push(x);
     avg.y.push(sum / avg.tail.length);
+    schedule("reward");
+  }
+
+  function addStopped(archId, x, y) {
+    if (archId != null) {
+      if (rewards.plotted.has(archId)) return;
+      rewards.plotted.add(archId);
+    }
+    stopped.x.push(x);
+    stopped.y.push(y);
+    if (rewards.maxX === null || x > rewards.maxX) rewards.maxX = x;
     schedule("reward");
   }
 
@@ -170,6 +186,7 @@
           type: "scattergl", mode: "lines", name: "moving average (" + avg.window + ")", x: avg.x.slice(),
           y: avg.y.slice(), line: { color: "#b7791f", width: 1.5 }, hovertemplate: "mean %{y:.4f}<extra></extra>",
         },
+      ]).concat(stoppedTrace()).concat([
         // last: the dots are drawn over the lines
         {
           type: "scattergl", mode: "markers", name: "reward", x: rewards.x.slice(), y: rewards.y.slice(),
@@ -180,6 +197,16 @@
       rewardLayout()
     );
     el.reward.setAttribute("data-points", String(rewards.x.length));
+    el.reward.setAttribute("data-stopped", String(stopped.x.length));
+  }
+
+  function stoppedTrace() {
+    if (!stopped.x.length && !config.early_stop) return [];
+    return [{
+      type: "scattergl", mode: "markers", name: "stopped (rung value)", x: stopped.x.slice(), y: stopped.y.slice(),
+      marker: { size: 6, symbol: "x", color: "#805ad5", opacity: 0.55 },
+      hovertemplate: "#%{x} stopped: rung value %{y:.4f}<extra></extra>",
+    }];
   }
 
   // ±σ around the running best: a child inside the band beats the best by no more than chance.
@@ -281,6 +308,64 @@
     return tr;
   }
 
+  function note(text) {
+    var div = document.createElement("div");
+    div.className = "child-note muted";
+    if (text) div.textContent = text;
+    return div;
+  }
+
+  function link(href, text) {
+    var a = document.createElement("a");
+    a.href = href;
+    a.textContent = text;
+    return a;
+  }
+
+  // What _child_note.html writes under the status: stopped at / waiting at a rung, reused from.
+  function childNotes(c) {
+    var out = [];
+    var epoch = num(c.epoch) ? c.epoch : "?";
+    if (c.status === "stopped") {
+      out.push(note("stopped after epoch " + epoch + " of " + (num(c.epochs) && c.epochs > 0 ? c.epochs : "?")));
+    } else if (c.status === "waiting") {
+      out.push(note("waiting for its decision at epoch " + epoch));
+    }
+    var origin = c.reused_from;
+    if (origin && typeof origin === "object" && num(origin.architecture)) {
+      var div = note();
+      div.appendChild(document.createTextNode("reused from "));
+      var label = num(origin.sample_index) ? "#" + origin.sample_index : "where it was measured";
+      div.appendChild(link(config.architecture_prefix + origin.architecture, label));
+      if (typeof origin.search_name === "string" && num(origin.search)) {
+        div.appendChild(document.createTextNode(" of "));
+        var other = link(config.search_prefix + origin.search, origin.search_name);
+        other.className = "wrap";
+        div.appendChild(other);
+      }
+      out.push(div);
+    }
+    return out;
+  }
+
+  // What _child_reward.html writes: the final reward, or a stopped child's rung value as such.
+  function fillReward(td, c) {
+    if (num(c.reward)) {
+      td.textContent = fmt(c.reward);
+      return;
+    }
+    var span = document.createElement("span");
+    span.className = "muted";
+    span.textContent = "–";
+    if (num(c.rung_value)) {
+      span.className = "rung-value muted";
+      span.title = "validation accuracy after epoch " + (num(c.epoch) ? c.epoch : "?") +
+        ", where early stopping stopped it: not a final reward";
+      span.textContent = "rung value " + fmt(c.rung_value);
+    }
+    td.replaceChildren(span);
+  }
+
   function fillRow(tr, c) {
     var status = tr.querySelector(".run-status");
     if (status) {
@@ -289,6 +374,7 @@
       badge.className = c.status ? "badge " + c.status : "muted";
       badge.textContent = c.status || "–";
       status.appendChild(badge);
+      childNotes(c).forEach(function (n) { status.appendChild(n); });
     }
     var epochs = tr.querySelector(".epochs");
     if (epochs) {
@@ -300,7 +386,7 @@
       if (label) label.textContent = done + "/" + (total || "?");
     }
     var reward = tr.querySelector(".reward");
-    if (reward) reward.textContent = fmt(c.reward);
+    if (reward) fillReward(reward, c);
   }
 
   function rowOf(archId) {
@@ -313,7 +399,10 @@
     var c = children.get(archId);
     if (!c) {
       if (!create) return; // older than the rows shown
-      c = { architecture: archId, status: "queued", epoch: 0, epochs: config.epochs, reward: null };
+      c = {
+        architecture: archId, status: "queued", epoch: 0, epochs: config.epochs, reward: null, rung_value: null,
+        reused_from: null,
+      };
       children.set(archId, c);
     }
     Object.keys(fields).forEach(function (k) {
@@ -353,6 +442,23 @@
     if (el.childrenEmpty) el.childrenEmpty.hidden = list.length > 0;
   }
 
+  // -- early stopping's decisions per rung (Search.rung_counts, with each search.status) ----
+  function applyRungs(rungs) {
+    var body = document.querySelector("#rungs tbody");
+    if (!body) return;
+    body.replaceChildren.apply(body, rungs.map(function (r) {
+      var tr = document.createElement("tr");
+      tr.setAttribute("data-epoch", String(r.epoch));
+      [r.epoch, r.reached, r.continued, r.stopped].forEach(function (value) {
+        var td = document.createElement("td");
+        td.className = "num";
+        td.textContent = String(value);
+        tr.appendChild(td);
+      });
+      return tr;
+    }));
+  }
+
   // -- search status: badge, tiles, buttons, best ----------------------------------------------
   // s: Search.to_dict() less its spec (a search.status event's `search`, chart.json's `status`).
   function applyStatus(s) {
@@ -367,6 +473,8 @@
     el.done.textContent = (s.children_done || 0) + " / " + total;
     el.sampled.textContent = String(s.children_sampled || 0);
     el.failed.textContent = (s.children_failed || 0) + " · " + (s.children_reused || 0);
+    if (el.stopped) el.stopped.textContent = String(s.children_stopped || 0);
+    if (el.epochs) el.epochs.textContent = (s.epochs_trained || 0) + " · " + (s.epochs_saved || 0);
     el.best.textContent = fmt(s.best_reward);
     if (num(s.noise_floor) && s.noise_floor !== noiseFloor) {
       noiseFloor = s.noise_floor;
@@ -453,7 +561,15 @@
       case "architecture.sampled": {
         var a = msg.architecture || {};
         sampleIndex.set(a.id, a.sample_index);
-        upsertChild(a.id, { sample_index: a.sample_index, params: a.params, mult_adds: a.mult_adds }, true);
+        // reused_from is an id here; the row may already hold it in full (from chart.json).
+        var origin = num(a.reused_from) ? { architecture: a.reused_from } : undefined;
+        var known = children.get(a.id);
+        if (origin && known && known.reused_from && known.reused_from.architecture === a.reused_from) {
+          origin = undefined;
+        }
+        upsertChild(
+          a.id, { sample_index: a.sample_index, params: a.params, mult_adds: a.mult_adds, reused_from: origin }, true
+        );
         break;
       }
       case "child.progress": {
@@ -470,7 +586,10 @@
         var done = msg.run || {};
         var id = done.architecture;
         sampleIndex.set(id, msg.sample_index);
-        var fields = { status: done.status, reward: done.reward };
+        // A stopped child's reward is its value at the rung it reached: shown as that, not as a reward.
+        var isStopped = done.status === "stopped";
+        var fields = { status: done.status, reward: isStopped ? null : done.reward };
+        fields.rung_value = isStopped ? done.reward : null;
         var last = newestEpoch(done.epochs);
         var c = children.get(id);
         if (num(last.epoch)) {
@@ -481,6 +600,7 @@
         }
         upsertChild(id, fields);
         if (REWARDED.indexOf(done.status) >= 0 && num(done.reward)) addReward(id, msg.sample_index, done.reward);
+        else if (isStopped && num(done.reward)) addStopped(id, msg.sample_index, done.reward);
         break;
       }
       case "controller.update":
@@ -498,6 +618,7 @@
         break;
       case "search.status":
         applyStatus(msg.search);
+        if (Array.isArray(msg.rungs)) applyRungs(msg.rungs);
         break;
       case "selection.progress": {
         var sel = msg.selection || {};
@@ -526,6 +647,12 @@
     rewards.y = r.y.slice();
     rewards.plotted = new Set(r.recent || []);
     rewards.maxX = r.x.length ? r.x[r.x.length - 1] : null; // sorted by sample index
+    var st = r.stopped || { x: [], y: [] };
+    stopped.x = st.x.slice();
+    stopped.y = st.y.slice();
+    if (st.x.length && (rewards.maxX === null || st.x[st.x.length - 1] > rewards.maxX)) {
+      rewards.maxX = st.x[st.x.length - 1];
+    }
     best.x = r.best.x.slice();
     best.y = r.best.y.slice();
     avg.window = r.moving_average.window;

@@ -1,0 +1,466 @@
+"""Early stopping in the service (workers/rungs.py) and the team reward cache
+(workers/advance.py), in-process on the real PostgreSQL: decisions taken from the rows in
+ask order whatever order results arrive in, a child that waits gives its worker back and
+resumes, a child killed at a rung gets its stored decision again, and the cache reuses a
+team's own measurements only. (The same across real Celery workers: test_orchestration.)
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from nas_engine.early_stopping import Board, decision_epochs, parse_early_stop
+from nas_engine.genotype import Genotype
+from nas_engine.synthetic import SyntheticObjective
+from tests.test_orchestration_units import broker  # noqa: F401 - autouse: this run's own broker
+
+EPOCHS = 9
+ASHA = {"rule": "asha", "min_epochs": 1, "reduction_factor": 3}
+SPEC = {
+    "dataset": "digits",
+    "objective": "synthetic",
+    "strategy": "random",
+    "child": {"epochs": EPOCHS},
+    "early_stop": ASHA,
+    "budget": {"children": 12, "parallel": 12},
+}
+
+
+@pytest.fixture
+def member(db):
+    from django.contrib.auth.models import User
+
+    from webapp.accounts.models import ROLE_OWNER, Membership, Team
+
+    team = Team.objects.create(name="alpha")
+    user = User.objects.create_user("owner", password="pw-owner-123")
+    Membership.objects.create(user=user, team=team, role=ROLE_OWNER)
+    return user, team
+
+
+def submit(member, **spec):
+    from webapp.searches.services import submit_search
+
+    user, team = member
+    return submit_search(user=user, team=team, name="s", spec_data={**SPEC, **spec})
+
+
+def runs_by_index(search) -> dict:
+    from webapp.searches import models as m
+
+    runs = m.ChildRun.objects.filter(architecture__search=search).select_related("architecture")
+    return {run.architecture.sample_index: run for run in runs}
+
+
+def curves(search) -> dict[int, list[float]]:
+    """The synthetic learning curve of every sampled child, by sample index."""
+    spec = search.parsed_spec
+    objective = SyntheticObjective(spec.space, spec.seed)
+    return {
+        i: objective.curve(Genotype.from_dict(run.architecture.genotype), EPOCHS)
+        for i, run in runs_by_index(search).items()
+    }
+
+
+def stored_decisions(search) -> dict[tuple[int, int], tuple]:
+    from webapp.searches import models as m
+
+    rows = m.RungDecision.objects.filter(search=search)
+    return {(r.sample_index, r.epoch): (r.stop, r.threshold, r.peers) for r in rows}
+
+
+def board_decisions(settings, rows) -> dict[tuple[int, int], tuple]:
+    """The engine's decisions (nas_engine.early_stopping.Board) on the same values."""
+    board = Board.from_rows(settings, EPOCHS, rows)
+    out = {}
+    for index, values, _ in rows:
+        for epoch in decision_epochs(settings, EPOCHS):
+            if epoch <= len(values):
+                d = board.decision(index, epoch)
+                out[index, epoch] = (d.stop, d.threshold, d.peers)
+    return out
+
+
+def play(search, order_seed: int | None) -> dict[int, list[float]]:
+    """Children report their curves epoch by epoch, interleaved at random (`order_seed`) or
+    child after child (None), as workers would: each decision epoch's value is written to the
+    run's row before asking; a child that cannot be decided yet waits, and is asked again
+    after every later event (as the advance does for waiting runs). Returns the values each
+    child reported."""
+    from webapp.searches import models as m
+    from workers import rungs
+
+    spec = search.parsed_spec
+    settings, values = spec.early_stop, curves(search)
+    runs = runs_by_index(search)
+    stops = set(decision_epochs(settings, EPOCHS))
+    reached = {i: 0 for i in runs}
+    waiting: dict[int, int] = {}  # index -> the epoch it waits at
+    done: set[int] = set()
+    rng = random.Random(order_seed)
+
+    def write(i: int) -> None:
+        epochs = [{"epoch": e, "epochs": EPOCHS, "val_acc": v} for e, v in enumerate(values[i][: reached[i]], 1)]
+        m.ChildRun.objects.filter(pk=runs[i].pk).update(status=m.RUN_RUNNING, epochs=epochs)
+
+    def settle(i: int, epoch: int) -> bool:
+        verdict = rungs.decide(search.id, settings, i, epoch)
+        if verdict.decision is None:
+            waiting[i] = epoch
+            return False
+        waiting.pop(i, None)
+        if verdict.decision.stop:
+            m.ChildRun.objects.filter(pk=runs[i].pk).update(status=m.RUN_STOPPED)
+            done.add(i)
+        return True
+
+    while len(done) < len(runs):
+        ready = [i for i in runs if i not in done and i not in waiting]
+        if not ready:
+            raise AssertionError(f"deadlock: everyone waits {waiting}")
+        i = rng.choice(ready) if order_seed is not None else min(ready)
+        reached[i] += 1
+        write(i)
+        if reached[i] == EPOCHS:
+            m.ChildRun.objects.filter(pk=runs[i].pk).update(status=m.RUN_SUCCEEDED)
+            done.add(i)
+        elif reached[i] in stops:
+            settle(i, reached[i])
+        for j, epoch in sorted(waiting.items()):
+            settle(j, epoch)
+    return {i: values[i][: reached[i]] for i in runs}
+
+
+@pytest.mark.parametrize("rule", [ASHA, {"rule": "median", "min_epochs": 2, "min_peers": 2}])
+def test_rung_decisions_are_the_engines_whatever_order_results_arrive_in(member, rule):
+    from webapp.searches import models as m
+    from workers import advance
+
+    outcomes = []
+    for order_seed in (None, 1, 2, 3, 4, 5):
+        m.RungDecision.objects.all().delete()
+        search = submit(member, early_stop=rule)
+        advance.advance(search.id)
+        reported = play(search, order_seed)
+        settings = parse_early_stop(rule)
+        rows = [(i, v, True) for i, v in sorted(reported.items())]
+        stored = stored_decisions(search)
+        assert stored == board_decisions(settings, rows)  # threshold and peers too
+        outcomes.append((stored, {i: len(v) for i, v in reported.items()}))
+        search.delete()
+    assert all(outcome == outcomes[0] for outcome in outcomes)  # in order == every shuffle
+    stopped = [i for i, n in outcomes[0][1].items() if n < EPOCHS]
+    assert 0 < len(stopped) < 12  # the rule stopped some children, not all
+
+
+def drive(search, limit: int = 200) -> None:
+    """Advance and train in-process until the search is done (a controller and a worker)."""
+    from webapp.searches import models as m
+    from workers import advance, child_runs
+
+    for _ in range(limit):
+        advance.advance(search.id)
+        search.refresh_from_db()
+        if search.is_done:
+            return
+        queued = m.ChildRun.objects.filter(architecture__search=search, status=m.RUN_QUEUED).order_by("id")
+        for run_id in list(queued.values_list("id", flat=True)):
+            child_runs.run_child(run_id)
+    raise AssertionError(f"not done: {search.to_dict()}")
+
+
+def test_a_search_with_asha_stops_children_at_rungs_and_counts_the_epochs(member, settings):
+    from webapp.searches import models as m
+
+    settings.NAS_RUNG_WAIT_SECONDS = 0
+    search = submit(member, budget={"children": 20, "parallel": 4})
+    drive(search)
+    search.refresh_from_db()
+    assert search.status == m.FINISHED and search.children_done == 20
+    runs = runs_by_index(search)
+    stopped = {i: r for i, r in runs.items() if r.status == m.RUN_STOPPED}
+    completed = {i: r for i, r in runs.items() if r.status == m.RUN_SUCCEEDED}
+    assert len(stopped) + len(completed) == 20 and stopped and completed
+    assert search.children_stopped == len(stopped)
+    assert search.epochs_trained == sum(len(r.epochs) for r in runs.values())
+    assert search.epochs_saved == sum(EPOCHS - len(r.epochs) for r in stopped.values())
+    for run in stopped.values():
+        assert len(run.epochs) in (1, 3) and run.reward == run.epochs[-1]["val_acc"]
+        run.architecture.refresh_from_db()
+        assert run.architecture.reward is None  # a rung value is never the architecture's reward
+    assert search.best_reward == max(r.reward for r in completed.values())
+    # The page's rung table, live: the last search.status event carries the decisions per rung.
+    from webapp.live.models import SearchEvent
+
+    last = SearchEvent.objects.filter(search=search, type="search.status").order_by("-seq").first()
+    rungs = last.payload["rungs"]
+    assert rungs == search.rung_counts() and [r["epoch"] for r in rungs] == [1, 3]
+    assert rungs[0]["reached"] == 20 and sum(r["stopped"] for r in rungs) == len(stopped)
+    # The same decisions as the engine's on the values the children reported.
+    rows = [(i, [e["val_acc"] for e in r.epochs], True) for i, r in sorted(runs.items())]
+    assert stored_decisions(search) == board_decisions(parse_early_stop(ASHA), rows)
+    # And the same children stopped as the CLI's local loop with the same strategy and seed.
+    from nas_engine.search import run_search
+
+    spec = search.parsed_spec
+    objective = SyntheticObjective(spec.space, spec.seed)
+    summary = run_search(
+        spec.make_strategy(),
+        lambda genotype, report: objective.train(genotype, EPOCHS, report),
+        children=20,
+        parallel=4,
+        epochs=EPOCHS,
+        early_stop=spec.early_stop,
+    )
+    assert (summary.stopped, summary.epochs_trained) == (len(stopped), search.epochs_trained)
+    assert summary.best_reward == search.best_reward
+
+
+def test_a_child_that_cannot_be_decided_gives_its_worker_back_and_resumes(member, settings):
+    from webapp.searches import models as m
+    from workers import advance, child_runs
+
+    settings.NAS_RUNG_WAIT_SECONDS = 0
+    search = submit(member, budget={"children": 2, "parallel": 2})
+    advance.advance(search.id)
+    runs = runs_by_index(search)
+    child_runs.run_child(runs[1].id)  # child 0 is still queued: it cannot be decided at epoch 1
+    runs[1].refresh_from_db()
+    assert runs[1].status == m.RUN_WAITING and len(runs[1].epochs) == 1 and runs[1].worker
+    assert not m.RungDecision.objects.filter(search=search, sample_index=1).exists()
+    child_runs.run_child(runs[0].id)
+    runs[0].refresh_from_db()
+    assert runs[0].status == m.RUN_SUCCEEDED and len(runs[0].epochs) == EPOCHS
+    advance.advance(search.id)  # decides the waiting child
+    decision = m.RungDecision.objects.get(search=search, sample_index=1, epoch=1)
+    runs[1].refresh_from_db()
+    if decision.stop:
+        assert runs[1].status == m.RUN_STOPPED and runs[1].reward == runs[1].epochs[0]["val_acc"]
+    else:
+        assert runs[1].status == m.RUN_QUEUED and runs[1].attempt == 0  # waiting was not a failed attempt
+        child_runs.run_child(runs[1].id)
+        runs[1].refresh_from_db()
+        assert runs[1].attempt == 1 and runs[1].status in (m.RUN_SUCCEEDED, m.RUN_STOPPED)
+    assert m.RungDecision.objects.filter(search=search, sample_index=1, epoch=1).count() == 1
+    drive(search)
+    search.refresh_from_db()
+    assert search.status == m.FINISHED and search.children_done == 2
+
+
+def test_a_child_killed_at_a_rung_gets_its_stored_decision_not_a_second_one(member, settings):
+    from django.utils import timezone
+
+    from webapp.searches import models as m
+    from workers import advance, child_runs, reaper, rungs
+
+    search = submit(member, budget={"children": 1, "parallel": 1})
+    advance.advance(search.id)
+    run = m.ChildRun.objects.get(architecture__search=search)
+    claimed = child_runs.claim(run.id)
+    value = curves(search)[0][0]
+    claimed.heartbeat(epochs=[{"epoch": 1, "epochs": EPOCHS, "val_acc": value}])
+    verdict = rungs.decide(search.id, search.parsed_spec.early_stop, 0, 1)
+    assert verdict.decision is not None and not verdict.decision.stop  # the first child at a rung goes on
+    # Its worker dies here. Say the decision had been "stop" (as it would be for a child that
+    # trained worse on its first attempt): the retry must obey it, not decide again.
+    m.RungDecision.objects.filter(pk=verdict.decision.pk).update(stop=True)
+    m.ChildRun.objects.filter(pk=run.pk).update(lease_expires_at=timezone.now())
+    assert reaper.reap()["requeued"] == [run.id]
+    child_runs.run_child(run.id)
+    run.refresh_from_db()
+    assert run.status == m.RUN_STOPPED and run.attempt == 2 and len(run.epochs) == 1
+    assert m.RungDecision.objects.filter(search=search).count() == 1
+
+
+def test_a_real_child_that_waits_resumes_from_its_checkpoint(member, settings, tmp_path):
+    from webapp.searches import models as m
+    from workers import advance, child_runs
+    from workers.resources import checkpoint_path
+
+    settings.NAS_RUNG_WAIT_SECONDS = 0
+    settings.NAS_ARTIFACTS_ROOT = tmp_path
+    search = submit(
+        member,
+        objective="accuracy",
+        child={"repeats": 1, "filters": 4, "epochs": 3, "batch_size": 64},
+        dataset={"name": "digits", "subset_per_class": 30},
+        noise_floor=None,
+        budget={"children": 2, "parallel": 2},
+    )
+    advance.advance(search.id)
+    runs = runs_by_index(search)
+    child_runs.run_child(runs[1].id)
+    runs[1].refresh_from_db()
+    assert runs[1].status == m.RUN_WAITING and len(runs[1].epochs) == 1
+    assert checkpoint_path("child", runs[1].id).exists()
+    first_epoch = runs[1].epochs[0]
+    # Child 0 fails before its first epoch: child 1 is then the first at the rung, and goes on.
+    m.ChildRun.objects.filter(pk=runs[0].id).update(status=m.RUN_FAILED, error="gone")
+    advance.advance(search.id)
+    runs[1].refresh_from_db()
+    assert runs[1].status == m.RUN_QUEUED
+    child_runs.run_child(runs[1].id)
+    runs[1].refresh_from_db()
+    assert runs[1].status == m.RUN_SUCCEEDED and len(runs[1].epochs) == 3
+    assert runs[1].epochs[0] == first_epoch  # resumed after epoch 1, not trained again
+    assert not checkpoint_path("child", runs[1].id).exists()
+
+
+# -- the team reward cache -------------------------------------------------------------------
+CACHED = {"early_stop": None, "budget": {"children": 6, "parallel": 3}}
+
+
+def test_the_team_cache_reuses_a_cell_measured_by_another_search_of_the_team(member):
+    from webapp.searches import models as m
+    from workers import advance
+
+    first = submit(member, **CACHED)
+    drive(first)
+    second = submit(member, **CACHED)  # random search, same seed: the same six cells
+    advance.advance(second.id)
+    second.refresh_from_db()
+    assert second.status == m.FINISHED and second.children_reused == 6
+    originals = {a.canonical_hash: a for a in m.Architecture.objects.filter(search=first)}
+    for arch in m.Architecture.objects.filter(search=second):
+        source = originals[arch.canonical_hash]
+        assert arch.reused_from_id == source.id and arch.reward == source.reward
+    assert second.best_reward == first.best_reward
+    # A third search reuses from the original measurement, not from the reuse.
+    third = submit(member, **CACHED)
+    advance.advance(third.id)
+    assert set(m.Architecture.objects.filter(search=third).values_list("reused_from__search", flat=True)) == {first.id}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"child": {"epochs": EPOCHS, "lr": 0.02}},  # another recipe
+        {"dataset": {"name": "digits", "subset_per_class": 40}},  # another data set
+        {"seed": 1},  # another split (and other cells)
+        {"objective": {"name": "synthetic", "noise": 0.05}},  # another objective
+        {"reuse_team_rewards": False},  # turned off
+    ],
+)
+def test_the_team_cache_never_reuses_a_different_measurement(member, change):
+    from webapp.searches import models as m
+    from workers import advance
+
+    drive(submit(member, **CACHED))
+    other = submit(member, **{**CACHED, **change})
+    advance.advance(other.id)
+    other.refresh_from_db()
+    assert other.children_reused == 0
+    assert not m.Architecture.objects.filter(search=other, reused_from__isnull=False).exists()
+
+
+def test_the_team_cache_never_crosses_teams(member):
+    from django.contrib.auth.models import User
+
+    from webapp.accounts.models import ROLE_OWNER, Membership, Team
+    from workers import advance
+
+    drive(submit(member, **CACHED))
+    team = Team.objects.create(name="beta")
+    user = User.objects.create_user("other", password="pw-other-123")
+    Membership.objects.create(user=user, team=team, role=ROLE_OWNER)
+    other = submit((user, team), **CACHED)
+    advance.advance(other.id)
+    other.refresh_from_db()
+    assert other.children_reused == 0 and other.children_sampled == 3
+
+
+def test_a_stopped_childs_rung_value_is_never_reused(member, settings):
+    from webapp.searches import models as m
+    from workers import advance
+
+    settings.NAS_RUNG_WAIT_SECONDS = 0
+    first = submit(member, budget={"children": 12, "parallel": 4})
+    drive(first)
+    stopped = m.Architecture.objects.filter(search=first, runs__status=m.RUN_STOPPED)
+    assert stopped.exists()
+    second = submit(member, budget={"children": 12, "parallel": 12})
+    advance.advance(second.id)
+    reused = m.Architecture.objects.filter(search=second, reused_from__isnull=False)
+    assert reused.count() == 12 - stopped.count()
+    assert not reused.filter(canonical_hash__in=stopped.values("canonical_hash")).exists()
+
+
+# -- the spec ---------------------------------------------------------------------------------
+def _spec(**fields):
+    from django.conf import settings
+
+    from nas_engine.spec import validate_spec
+
+    return validate_spec({**SPEC, **fields}, data_root=settings.NAS_DATA_ROOT)
+
+
+@pytest.mark.parametrize(
+    "fields, field, reason",
+    [
+        ({"early_stop": "hyperband"}, "early_stop.rule", "must be one of none, asha, median"),
+        ({"early_stop": {"rule": "asha", "reduction_factor": 1}}, "early_stop.reduction_factor", ">= 2"),
+        ({"early_stop": {"rule": "asha", "grace": 2}}, "early_stop.grace", "unknown field"),
+        ({"early_stop": {"rule": "asha", "min_epochs": EPOCHS}}, "early_stop.min_epochs", "no child would be stopped"),
+        ({"early_stop": 3}, "early_stop", "must be an object or a rule name"),
+        ({"reuse_team_rewards": "yes"}, "reuse_team_rewards", "must be true or false"),
+    ],
+)
+def test_bad_early_stopping_settings_are_refused_naming_the_field(fields, field, reason):
+    from nas_engine.spec import SpecError
+
+    with pytest.raises(SpecError) as caught:
+        _spec(**fields)
+    assert caught.value.field == field and reason in caught.value.reason
+
+
+def test_the_spec_keeps_early_stopping_in_full_form_and_its_measurement_key():
+    spec = _spec(early_stop="median")
+    assert spec.to_dict()["early_stop"] == {
+        "rule": "median",
+        "min_epochs": 1,
+        "reduction_factor": 3,
+        "min_peers": 3,
+        "stopped_reward": "rung",
+    }
+    assert spec.to_dict()["reuse_team_rewards"] is True
+    # Neither the strategy nor early stopping changes how a cell is measured; a recipe does.
+    assert spec.measurement_key() == _spec(strategy="ppo", early_stop=None).measurement_key()
+    assert spec.measurement_key() != _spec(child={"epochs": EPOCHS, "batch_size": 64}).measurement_key()
+
+
+def test_searches_from_before_the_cache_get_their_measurement_key(transactional_db):
+    """Migration 0008 gives existing searches their key, so their cells are reused too."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    from webapp.searches import models as m
+
+    stored = _spec().to_dict()
+    for key in ("early_stop", "reuse_team_rewards"):
+        del stored[key]  # as specs were stored before
+    executor = MigrationExecutor(connection)
+    old = [("searches", "0007_strategy_checkpoint_parts")]
+    executor.migrate(old)
+    old_apps = executor.loader.project_state(old).apps
+    Team, User = old_apps.get_model("accounts", "Team"), old_apps.get_model("auth", "User")
+    Search = old_apps.get_model("searches", "Search")
+    team, owner = Team.objects.create(name="t"), User.objects.create(username="u")
+    old_search = Search.objects.create(team=team, owner=owner, name="old", spec=stored, children_total=4)
+    Architecture, ChildRun = old_apps.get_model("searches", "Architecture"), old_apps.get_model("searches", "ChildRun")
+    for index, (status, epochs, told) in enumerate(
+        [("succeeded", [], True), ("failed", [], True), ("succeeded", [{"epoch": 1}] * 2, True), ("running", [], False)]
+    ):
+        arch = Architecture.objects.create(
+            search=old_search, sample_index=index, genotype={}, canonical_hash="h", told=told
+        )
+        ChildRun.objects.create(architecture=arch, status=status, epochs=epochs)
+    broken = Search.objects.create(team=team, owner=owner, name="odd", spec={}, children_total=4)
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+    migrated = m.Search.objects.get(pk=old_search.pk)
+    assert migrated.measure_key == _spec().measurement_key()
+    assert migrated.epochs_trained == EPOCHS + 0 + 2  # told children only
+    assert m.Search.objects.get(pk=broken.pk).measure_key == ""
