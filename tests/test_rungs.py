@@ -464,3 +464,73 @@ def test_searches_from_before_the_cache_get_their_measurement_key(transactional_
     assert migrated.measure_key == _spec().measurement_key()
     assert migrated.epochs_trained == EPOCHS + 0 + 2  # told children only
     assert m.Search.objects.get(pk=broken.pk).measure_key == ""
+
+
+# -- review fixes ------------------------------------------------------------------------------
+def test_a_search_whose_data_set_went_away_can_still_be_failed_and_cancelled(member):
+    """The status event's rung table reads the stored spec without validating it again: a
+    folder renamed under a running search must not make its failure (or cancel) fail too."""
+    from webapp.live import events as live
+    from webapp.searches import models as m
+    from workers import advance
+
+    search = submit(member)
+    advance.advance(search.id)
+    m.Search.objects.filter(pk=search.id).update(
+        spec={**search.spec, "dataset": {**search.spec["dataset"], "name": "gone"}}
+    )
+    search.refresh_from_db()
+    assert live.status(search)[1]["rungs"][0]["epoch"] == 1
+    advance.advance(search.id)  # the spec no longer validates: the search fails, with the reason
+    search.refresh_from_db()
+    assert search.status == m.FAILED and "dataset.name" in search.error
+
+
+def test_cancelling_removes_the_checkpoints_nobody_will_resume(
+    member, settings, tmp_path, django_capture_on_commit_callbacks
+):
+    from webapp.searches import models as m
+    from webapp.searches.services import transition
+    from workers import advance, child_runs
+    from workers.resources import checkpoint_path
+
+    settings.NAS_RUNG_WAIT_SECONDS = 0
+    settings.NAS_ARTIFACTS_ROOT = tmp_path
+    search = submit(member, budget={"children": 3, "parallel": 3})
+    advance.advance(search.id)
+    runs = runs_by_index(search)
+    child_runs.run_child(runs[1].id)  # waits: child 0 is queued
+    assert m.ChildRun.objects.get(pk=runs[1].id).status == m.RUN_WAITING
+    paths = [checkpoint_path("child", run.id) for run in runs.values()]
+    for path in paths:  # as real children leave them (queued ones: requeued after waiting)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"weights")
+    transition(search, "cancel")
+    with django_capture_on_commit_callbacks(execute=True):
+        advance.advance(search.id)
+    assert {run.status for run in runs_by_index(search).values()} == {m.RUN_CANCELLED}
+    assert not any(path.exists() for path in paths)
+
+
+def test_a_reused_child_is_told_the_rung_values_of_the_run_that_measured_it(member, settings):
+    from webapp.searches import models as m
+    from workers import advance
+
+    settings.NAS_RUNG_WAIT_SECONDS = 0
+    first = submit(member, budget={"children": 6, "parallel": 3})
+    drive(first)
+    completed = m.Architecture.objects.filter(search=first, runs__status=m.RUN_SUCCEEDED).first()
+    values = [e["val_acc"] for e in completed.runs.get().epochs]
+    told = advance._reused_fidelity(first.parsed_spec, [completed.id])[completed.id]
+    assert (told.epochs, told.max_epochs, told.stopped) == (EPOCHS, EPOCHS, False)
+    assert told.rungs == ((1, values[0]), (3, values[2]))
+
+
+def test_the_api_counts_a_synthetic_childs_epochs_as_its_search_does(member, client):
+    search = submit(member, early_stop=None, budget={"children": 3, "parallel": 3})
+    drive(search)
+    search.refresh_from_db()
+    client.force_login(member[0])
+    rows = client.get(f"/api/searches/{search.id}/architectures").json()["results"]
+    assert [row["epochs_trained"] for row in rows] == [EPOCHS] * 3  # no per-epoch rows, trained in full
+    assert search.epochs_trained == 3 * EPOCHS

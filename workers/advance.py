@@ -57,11 +57,12 @@ from nas_engine.early_stopping import fidelity
 from nas_engine.genotype import Genotype
 from nas_engine.spec import SearchSpec
 from nas_engine.strategies import Strategy
+from nas_engine.strategies.base import Fidelity
 from webapp import dispatch
 from webapp.live import events as live
 from webapp.searches import models as m
 from webapp.searches import services
-from workers import rungs, strategy_store
+from workers import child_runs, rungs, strategy_store
 from workers.resources import checkpoint_path, dataset_for
 
 log = logging.getLogger("nasnet.worker")
@@ -117,9 +118,9 @@ def _fail(search_id: int, error: str) -> None:
         search = _locked(m.Search.objects).filter(pk=search_id).first()
         if search is None or search.is_done:
             return
-        m.ChildRun.objects.filter(architecture__search_id=search_id, status__in=m.RUN_ACTIVE).update(
-            status=m.RUN_CANCELLED, finished_at=timezone.now(), error="search failed", lease_expires_at=None
-        )
+        active = m.ChildRun.objects.filter(architecture__search_id=search_id, status__in=m.RUN_ACTIVE)
+        _drop_checkpoints_on_commit(active)
+        active.update(status=m.RUN_CANCELLED, finished_at=timezone.now(), error="search failed", lease_expires_at=None)
         _set_status(search, m.FAILED, error=error[:10000])
         live.publish_many(search.id, [live.status(search)])
 
@@ -137,15 +138,23 @@ def _set_status(search: m.Search, status: str, **fields) -> None:
 
 def _cancel(search: m.Search) -> None:
     active = m.ChildRun.objects.filter(architecture__search=search, status__in=m.RUN_ACTIVE)
-    waiting = list(active.filter(status=m.RUN_WAITING).values_list("id", flat=True))
+    _drop_checkpoints_on_commit(active)
     stopped = active.update(
         status=m.RUN_CANCELLED, finished_at=timezone.now(), lease_expires_at=None, error="search cancelled"
     )
-    for run_id in waiting:  # nobody resumes them now (running ones: their worker removes its own)
-        checkpoint_path("child", run_id).unlink(missing_ok=True)
     log.info("search %s: %d active child runs cancelled", search.id, stopped)
     _set_status(search, m.CANCELLED)
     live.publish_many(search.id, [live.status(search)])
+
+
+def _drop_checkpoints_on_commit(active) -> None:
+    """Early stopping's checkpoints of runs about to be cancelled, removed once that commits:
+    nobody resumes them. Locked first (FOR UPDATE), so a worker's park or finish between this
+    read and the update waits, and its run is in the list or already ended. A worker still
+    training one of them removes its own when it notices (child_runs.drop_checkpoint_if_ended)."""
+    ids = list(active.select_for_update().values_list("id", flat=True))
+    paths = [checkpoint_path("child", run_id) for run_id in ids]
+    transaction.on_commit(lambda: [path.unlink(missing_ok=True) for path in paths])
 
 
 def _step(search: m.Search) -> None:
@@ -155,9 +164,13 @@ def _step(search: m.Search) -> None:
     if spec.early_stop.active:
         stopped, to_dispatch = rungs.settle_waiting(search, spec.early_stop)
         for run in stopped:
-            checkpoint_path("child", run.pk).unlink(missing_ok=True)
+            path = checkpoint_path("child", run.pk)
+            transaction.on_commit(lambda path=path: path.unlink(missing_ok=True))
             m.ChildRun.objects.filter(pk=run.pk).update(announced=True)  # its event is in this transaction
             events.append(live.finished(run, run.architecture.sample_index))
+        if stopped:  # slots of the team's share freed, as child_runs.finish does for a result
+            team_id, search_id = search.team_id, search.id
+            transaction.on_commit(lambda: child_runs.wake_held_back(team_id, search_id))
     untold = _untold_runs(search)
     finished = [row for row in untold if row[2] in RUN_FINISHED]
     active = sum(row[2] in m.RUN_ACTIVE for row in untold)
@@ -263,7 +276,7 @@ def _tell(search: m.Search, spec: SearchSpec, strategy: Strategy, rows: list[tup
     _announce_missing(rows, events)
     full, early_stop = spec.child.epochs, spec.early_stop
     for arch_id, index, status, reward, _, epochs in rows:
-        trained = len(epochs) if epochs else (full if status == m.RUN_SUCCEEDED else 0)
+        trained = m.epochs_trained(status, epochs, full)
         if status == m.RUN_FAILED or reward is None:
             stats = strategy.tell_failure(index)
             _record(search, arch_id, m.RUN_FAILED, None, trained)
@@ -308,10 +321,11 @@ def _sample(search: m.Search, spec: SearchSpec, strategy: Strategy, n: int, even
     ]
     m.Architecture.objects.bulk_create(archs)
     runs, updates = [], []
+    told = _reused_fidelity(spec, [a.reused_from_id for a in archs if a.reward is not None])
     for p, arch in zip(proposals, archs):
         reward = arch.reward
         if reward is not None:
-            updates.append(strategy.tell(p.id, reward))
+            updates.append(strategy.tell(p.id, reward, told.get(arch.reused_from_id)))
             _record(search, arch.id, m.RUN_REUSED, reward)
             runs.append(
                 m.ChildRun(architecture=arch, status=m.RUN_REUSED, reward=reward, finished_at=now, announced=True)
@@ -330,6 +344,24 @@ def _sample(search: m.Search, spec: SearchSpec, strategy: Strategy, n: int, even
     reused = sum(r.status == m.RUN_REUSED for r in runs)
     log.info("search %s: sampled %d children (%d reused)", search.id, len(proposals), reused)
     return [r.id for r in runs if r.status == m.RUN_QUEUED], reused > 0
+
+
+def _reused_fidelity(spec: SearchSpec, originals: list[int]) -> dict:
+    """With early stopping, what a reused child is told beside its reward, as the local loop
+    tells it: trained in full, with the rung values of the run that measured it (none when
+    that run kept no per-epoch rows). {original architecture id: Fidelity}."""
+    if not spec.early_stop.active or not originals:
+        return {}
+    full, early_stop = spec.child.epochs, spec.early_stop
+    bare = Fidelity(full, full, (), early_stop.stopped_reward)
+    out = dict.fromkeys(originals, bare)
+    for arch_id, epochs in m.ChildRun.objects.filter(architecture_id__in=originals).values_list(
+        "architecture_id", "epochs"
+    ):
+        values = rungs.values_of(epochs)
+        if len(values) == full:
+            out[arch_id] = fidelity(early_stop, values, full)
+    return out
 
 
 def _known_rewards(search: m.Search, spec: SearchSpec, hashes: list[str]) -> dict[str, tuple[float, int]]:

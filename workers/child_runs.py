@@ -61,11 +61,22 @@ def finish(run: m.ChildRun, status: str, *, reward=None, error: str = "", wall_t
     else:
         log.info("child run %s of search %s %s%s: %s", run.pk, search_id, status, took, error)
     dispatch.request_advance(search_id)
-    # A run of the team ended, so a slot of its share of the gpu queue is free: the searches
-    # the advance held back for it get no result to wake them (advance._team_free).
-    for held in _held_back(arch.search.team_id, search_id):
-        dispatch.request_advance(held)
+    wake_held_back(arch.search.team_id, search_id)
     return True
+
+
+def wake_held_back(team_id: int, search_id: int) -> None:
+    """A run of the team ended, so a slot of its share of the gpu queue is free: the searches
+    the advance held back for it get no result to wake them (advance._team_free)."""
+    for held in _held_back(team_id, search_id):
+        dispatch.request_advance(held)
+
+
+def drop_checkpoint_if_ended(run_id: int) -> None:
+    """Remove a child run's early-stopping checkpoint once the run has a final status (nobody
+    resumes it); a run queued or held by another worker keeps it."""
+    if m.ChildRun.objects.filter(pk=run_id, status__in=m.RUN_DONE).exists():
+        checkpoint_path("child", run_id).unlink(missing_ok=True)
 
 
 def _held_back(team_id: int, search_id: int) -> list[int]:
@@ -167,10 +178,8 @@ def run_child(run_id: int) -> None:
     elif not reporter.lost:  # stopped because the search is cancelling: the advance cancels it
         finish(run, m.RUN_CANCELLED, error="search cancelled", wall_time=result.wall_time, epochs=epochs)
         checkpoint_path("child", run.pk).unlink(missing_ok=True)
-    elif checkpoint is not None and m.ChildRun.objects.filter(pk=run.pk, status__in=m.RUN_DONE).exists():
-        # Taken away because it ended (its search was cancelled or failed): nobody resumes it.
-        # (Taken away by another worker, it keeps its checkpoint: that worker resumes from it.)
-        checkpoint.unlink(missing_ok=True)
+    elif checkpoint is not None:  # taken away: ended (search cancelled or failed), or reclaimed
+        drop_checkpoint_if_ended(run.pk)
 
 
 class RungReporter(LeaseReporter):
@@ -261,12 +270,15 @@ def _conclude_at_rung(run: m.ChildRun, outcome: str, at: int, epochs: list[dict]
     taken away meanwhile (whoever has it now goes on)."""
     if outcome == rungs.STOP:
         kept = epochs[:at]
-        finish(run, m.RUN_STOPPED, reward=rungs.values_of(kept)[-1], wall_time=wall_time, epochs=kept)
+        if not finish(run, m.RUN_STOPPED, reward=rungs.values_of(kept)[-1], wall_time=wall_time, epochs=kept):
+            drop_checkpoint_if_ended(run.pk)
     elif outcome == rungs.PARK:
         if run.park(epochs[:at]):
             # Its decision may have been taken between asking and parking: the advance looks.
             dispatch.request_advance(run.architecture.search_id)
         else:
             log.warning("child run %s: no longer ours at epoch %d, not parked", run.pk, at)
+            drop_checkpoint_if_ended(run.pk)
     else:
         log.warning("child run %s: taken away at epoch %d while waiting for its decision", run.pk, at)
+        drop_checkpoint_if_ended(run.pk)

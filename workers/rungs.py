@@ -42,6 +42,7 @@ from django.utils import timezone
 
 from nas_engine.early_stopping import EarlyStop, decision_epochs, peer_statistic
 from nas_engine.early_stopping import decide as rule_decision
+from webapp import dispatch
 from webapp.searches import models as m
 
 log = logging.getLogger("nasnet.worker")
@@ -151,6 +152,10 @@ class Gate:
         while True:
             verdict = decide(self.search_id, self.early_stop, self.index, epoch)
             if verdict.decision is not None:
+                # Deciding may have decided children after it that wait as rows: the advance
+                # settles them now rather than at the next result or reaper tick.
+                if m.ChildRun.objects.filter(architecture__search_id=self.search_id, status=m.RUN_WAITING).exists():
+                    dispatch.request_advance(self.search_id)
                 return STOP if verdict.decision.stop else CONTINUE
             training = verdict.blocker is not None and verdict.blocker[1] == m.RUN_RUNNING
             if not training or time.monotonic() >= deadline:

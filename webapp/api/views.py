@@ -304,16 +304,24 @@ ORDER_BY = {
 }
 
 
-def architecture_dict(arch: m.Architecture) -> dict:
+def architecture_dict(arch: m.Architecture, planned: int) -> dict:
     """An architecture as the API answers it: its to_dict() with its child run's to_dict()
     (`run`: status queued, running, waiting, succeeded, stopped, failed, reused or cancelled;
-    null before it has one) and `epochs_trained`, the epochs its run trained: for a child
-    early stopping stopped, the rung it reached; for a reused one, 0. `reward` is the final
+    null before it has one) and `epochs_trained`, the epochs its run trained
+    (models.epochs_trained; `planned`: the search's child epochs): for a child early stopping
+    stopped, the rung it reached; for a reused one, 0. `reward` is the final
     reward only; a stopped child's value at its rung is `run.reward`. Read `runs` with the
     row (prefetch_related("runs"))."""
     run = next(iter(arch.runs.all()), None)
-    epochs = run.epochs if run is not None and isinstance(run.epochs, list) else []
-    return {**arch.to_dict(), "run": run.to_dict() if run else None, "epochs_trained": len(epochs)}
+    trained = m.epochs_trained(run.status, run.epochs, planned) if run is not None else 0
+    return {**arch.to_dict(), "run": run.to_dict() if run else None, "epochs_trained": trained}
+
+
+def planned_epochs(search: m.Search) -> int:
+    """A search's child epochs, from its stored (full-form) spec."""
+    child = search.spec.get("child") if isinstance(search.spec, dict) else None
+    epochs = child.get("epochs") if isinstance(child, dict) else None
+    return epochs if isinstance(epochs, int) else 0
 
 
 class SearchArchitectures(ApiView):
@@ -328,7 +336,8 @@ class SearchArchitectures(ApiView):
         if ordering not in ORDER_BY:
             raise ServiceError("ordering", f"must be one of {', '.join(ORDER_BY)}")
         archs = search.architectures.prefetch_related("runs").order_by(*ORDER_BY[ordering], "id")
-        return paginate(request, self, archs, architecture_dict)
+        planned = planned_epochs(search)
+        return paginate(request, self, archs, lambda arch: architecture_dict(arch, planned))
 
 
 class SearchRungs(ApiView):
@@ -346,8 +355,9 @@ class SearchRungs(ApiView):
 class ArchitectureDetail(ApiView):
     @extend_schema(responses={200: OBJ, **ERRORS})
     def get(self, request, pk: int):
-        qs = m.Architecture.objects.for_user(request.user).prefetch_related("runs")
-        return Response(architecture_dict(get_or_404(qs, pk)))
+        qs = m.Architecture.objects.for_user(request.user).select_related("search").prefetch_related("runs")
+        arch = get_or_404(qs, pk)
+        return Response(architecture_dict(arch, planned_epochs(arch.search)))
 
 
 class ArchitectureGenotype(ApiView):

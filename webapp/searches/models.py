@@ -74,6 +74,15 @@ def _iso(moment) -> str | None:
     return moment.isoformat() if moment else None
 
 
+def epochs_trained(status: str, epochs: object, planned: int) -> int:
+    """The epochs a child run trained (its final attempt's rows): a run without per-epoch
+    rows (a synthetic child without early stopping) trained its `planned` epochs if it
+    succeeded; a reused one trained none. Search.epochs_trained sums this over told children."""
+    if isinstance(epochs, list) and epochs:
+        return len(epochs)
+    return planned if status == RUN_SUCCEEDED else 0
+
+
 def latest_epoch(epochs: object) -> dict:
     """The last per-epoch metrics dict of a run's or a job's `epochs` ({} when none)."""
     last = epochs[-1] if isinstance(epochs, list) and epochs else None
@@ -137,11 +146,17 @@ class Search(models.Model):
         """Early stopping per decision epoch: the children judged there (`reached`), those
         that went on and those stopped ([] without early stopping). One aggregate query over
         the RungDecision rows; every epoch where the rule may decide is listed, judged or not.
-        The search page's table, and the search.status event's `rungs` (webapp.live)."""
-        from nas_engine.early_stopping import decision_epochs
+        The search page's table, and the search.status event's `rungs` (webapp.live).
+        Read from the stored spec without validating it again (no data set lookup), so a
+        search whose data set folder went away can still be failed or cancelled."""
+        from nas_engine.early_stopping import EarlyStopError, decision_epochs, parse_early_stop
 
-        spec = self.parsed_spec
-        if not spec.early_stop.active:
+        try:
+            early_stop = parse_early_stop(self.spec.get("early_stop"))
+            epochs = int(self.spec["child"]["epochs"])
+        except (EarlyStopError, KeyError, TypeError, ValueError, AttributeError):
+            return []
+        if not early_stop.active:
             return []
         rows = {
             row["epoch"]: row
@@ -150,7 +165,7 @@ class Search(models.Model):
             .order_by("epoch")
         }
         out = []
-        for epoch in sorted(set(decision_epochs(spec.early_stop, spec.child.epochs)) | set(rows)):
+        for epoch in sorted(set(decision_epochs(early_stop, epochs)) | set(rows)):
             reached = rows.get(epoch, {}).get("reached", 0)
             stopped = rows.get(epoch, {}).get("stopped", 0)
             out.append({"epoch": epoch, "reached": reached, "continued": reached - stopped, "stopped": stopped})
