@@ -182,16 +182,18 @@ class SyntheticObjective:
             values.append(min(1.0, max(0.0, mean + self.curve_noise * noise)))
         return values + [final]
 
-    def train(self, genotype: Genotype, epochs: int, on_epoch=None) -> float | None:
+    def train(self, genotype: Genotype, epochs: int, on_epoch=None, start: int = 0) -> float | None:
         """Stand in for training a child: report each epoch's value to `on_epoch(epoch,
         value)`, which returns False to stop it there; `duration_s` is spread over the
-        epochs. Returns the final reward, or None when it failed or was stopped."""
+        epochs. Returns the final reward, or None when it failed or was stopped. `start`:
+        epochs already played (a training resumed after them), neither slept nor reported
+        again: the curve is a function of the cell."""
         values = self.curve(genotype, epochs)
         if values is None:
             if self.duration_s:
                 time.sleep(self.duration_s / epochs)  # a failure shows up after an epoch or so
             return None
-        for epoch, value in enumerate(values, start=1):
+        for epoch, value in enumerate(values[start:], start=start + 1):
             if self.duration_s:
                 time.sleep(self.duration_s / epochs)
             if on_epoch is not None and on_epoch(epoch, value) is False:

@@ -189,6 +189,9 @@ def test_train_reports_every_epoch_and_stops_when_told():
     assert reported == list(enumerate(objective.curve(g, 5), start=1))
     reported.clear()
     assert objective.train(g, 5, lambda e, v: reported.append(e) or e < 2) is None
+    resumed = []  # after 3 epochs played: the rest only, the same final reward
+    assert objective.train(g, 5, lambda e, v: resumed.append((e, v)), start=3) == objective(g)
+    assert resumed == [(e, v) for e, v in enumerate(objective.curve(g, 5), start=1)][3:]
     assert reported == [1, 2]
     assert SyntheticObjective(SPACE, 0, failure_rate=1.0).train(g, 5, reported.append) is None
     timed = SyntheticObjective(SPACE, 0, duration_s=0.4)

@@ -152,8 +152,11 @@ def _drop_checkpoints_on_commit(active) -> None:
     nobody resumes them. Locked first (FOR UPDATE), so a worker's park or finish between this
     read and the update waits, and its run is in the list or already ended. A worker still
     training one of them removes its own when it notices (child_runs.drop_checkpoint_if_ended)."""
-    ids = list(active.select_for_update().values_list("id", flat=True))
-    paths = [checkpoint_path("child", run_id) for run_id in ids]
+    _remove_checkpoints_on_commit(list(active.select_for_update().values_list("id", flat=True)))
+
+
+def _remove_checkpoints_on_commit(run_ids: list[int]) -> None:
+    paths = [checkpoint_path("child", run_id) for run_id in run_ids]
     transaction.on_commit(lambda: [path.unlink(missing_ok=True) for path in paths])
 
 
@@ -163,9 +166,8 @@ def _step(search: m.Search) -> None:
     to_dispatch: list[int] = []
     if spec.early_stop.active:
         stopped, to_dispatch = rungs.settle_waiting(search, spec.early_stop)
+        _remove_checkpoints_on_commit([run.pk for run in stopped])
         for run in stopped:
-            path = checkpoint_path("child", run.pk)
-            transaction.on_commit(lambda path=path: path.unlink(missing_ok=True))
             m.ChildRun.objects.filter(pk=run.pk).update(announced=True)  # its event is in this transaction
             events.append(live.finished(run, run.architecture.sample_index))
         if stopped:  # slots of the team's share freed, as child_runs.finish does for a result
@@ -280,15 +282,13 @@ def _tell(search: m.Search, spec: SearchSpec, strategy: Strategy, rows: list[tup
         if status == m.RUN_FAILED or reward is None:
             stats = strategy.tell_failure(index)
             _record(search, arch_id, m.RUN_FAILED, None, trained)
-            if stats is not None:
-                events.append(live.controller(stats, index))
-            continue
-        told = None
-        values = rungs.values_of(epochs)
-        if early_stop.active and status in (m.RUN_SUCCEEDED, m.RUN_STOPPED) and values:
-            told = fidelity(early_stop, values, full)
-        stats = strategy.tell(index, reward, told)
-        _record(search, arch_id, status, reward, trained, full)
+        else:
+            values = rungs.values_of(epochs)
+            told = None
+            if early_stop.active and status in (m.RUN_SUCCEEDED, m.RUN_STOPPED) and values:
+                told = fidelity(early_stop, values, full)
+            stats = strategy.tell(index, reward, told)
+            _record(search, arch_id, status, reward, trained, full)
         if stats is not None:
             events.append(live.controller(stats, index))
     # Architecture.reward is the full training's: a stopped child's rung value is not one.

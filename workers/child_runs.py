@@ -193,11 +193,10 @@ class RungReporter(LeaseReporter):
         self.verdict: tuple[str, int] | None = None
 
     def on_epoch(self, metrics: EpochMetrics) -> None:
-        at_rung = metrics.epoch in self.gate.epochs
-        self.epochs.append(metrics.to_dict())
-        self.dirty = True
-        self._maybe_beat(force=at_rung or metrics.epoch == metrics.epochs)
-        if at_rung:
+        super().on_epoch(metrics)
+        if metrics.epoch in self.gate.epochs:
+            if self.dirty:  # the decision reads the value from the row: written first
+                self._maybe_beat(force=True)
             self._ask(metrics.epoch)
 
     def on_resume(self, epoch: int, history: list[EpochMetrics]) -> None:
@@ -223,46 +222,42 @@ class RungReporter(LeaseReporter):
 
 
 def _play_curve(run: m.ChildRun, spec: SearchSpec, genotype: Genotype, gate: rungs.Gate, label: str) -> None:
-    """The synthetic objective's learning curve, epoch by epoch, with the rung decisions
-    (duration_s spread over the epochs). The curve is a function of the cell, so a run that
-    waited continues after the epochs it wrote instead of playing them again."""
+    """The synthetic objective's learning curve (SyntheticObjective.train), with the rung
+    decisions. The curve is a function of the cell, so a run that waited continues after the
+    epochs it wrote instead of playing them again."""
     start = time.perf_counter()
     objective, total = objective_for(spec), spec.child.epochs
+    done = min(len(rungs.values_of(run.epochs)), total)
+    epochs = list(run.epochs[:done])
     outcome, at = rungs.CONTINUE, 0
+
+    def on_epoch(epoch: int, value: float) -> bool:
+        nonlocal outcome, at
+        epochs.append({"epoch": epoch, "epochs": total, "val_acc": value})
+        if epoch not in gate.epochs:
+            return True
+        if not run.heartbeat(epochs=list(epochs)):
+            outcome = rungs.LOST
+            return False
+        _publish_progress(run, epochs)
+        outcome, at = gate.ask(epoch), epoch
+        return outcome == rungs.CONTINUE
+
+    reward = None
     with lease_kept(run, label):
-        values = objective.curve(genotype, total)
-        if values is None:
-            if objective.duration_s:
-                time.sleep(objective.duration_s / total)  # a failure shows up after an epoch or so
-            finish(run, m.RUN_FAILED, error="synthetic failure", wall_time=time.perf_counter() - start)
-            return
-        done = min(len(rungs.values_of(run.epochs)), total)
-        epochs = [_curve_epoch(e, total, values) for e in range(1, done + 1)]
-        for rung in sorted(e for e in gate.epochs if e <= done):
+        for rung in sorted(e for e in gate.epochs if e <= done):  # decisions it already asked for
             outcome, at = gate.ask(rung), rung
             if outcome != rungs.CONTINUE:
                 break
-        for epoch in range(done + 1, total + 1) if outcome == rungs.CONTINUE else ():
-            if objective.duration_s:
-                time.sleep(objective.duration_s / total)
-            epochs.append(_curve_epoch(epoch, total, values))
-            if epoch in gate.epochs:
-                if not run.heartbeat(epochs=list(epochs)):
-                    outcome = rungs.LOST
-                    break
-                _publish_progress(run, epochs)
-                outcome, at = gate.ask(epoch), epoch
-                if outcome != rungs.CONTINUE:
-                    break
+        if outcome == rungs.CONTINUE:
+            reward = objective.train(genotype, total, on_epoch, start=done)
     elapsed = time.perf_counter() - start
-    if outcome == rungs.CONTINUE:
-        finish(run, m.RUN_SUCCEEDED, reward=values[-1], wall_time=elapsed, epochs=epochs)
-    else:
+    if outcome != rungs.CONTINUE:
         _conclude_at_rung(run, outcome, at, epochs, elapsed)
-
-
-def _curve_epoch(epoch: int, total: int, values: list[float]) -> dict:
-    return {"epoch": epoch, "epochs": total, "val_acc": values[epoch - 1]}
+    elif reward is None:
+        finish(run, m.RUN_FAILED, error="synthetic failure", wall_time=elapsed)
+    else:
+        finish(run, m.RUN_SUCCEEDED, reward=reward, wall_time=elapsed, epochs=epochs)
 
 
 def _conclude_at_rung(run: m.ChildRun, outcome: str, at: int, epochs: list[dict], wall_time: float) -> None:

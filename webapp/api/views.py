@@ -317,13 +317,6 @@ def architecture_dict(arch: m.Architecture, planned: int) -> dict:
     return {**arch.to_dict(), "run": run.to_dict() if run else None, "epochs_trained": trained}
 
 
-def planned_epochs(search: m.Search) -> int:
-    """A search's child epochs, from its stored (full-form) spec."""
-    child = search.spec.get("child") if isinstance(search.spec, dict) else None
-    epochs = child.get("epochs") if isinstance(child, dict) else None
-    return epochs if isinstance(epochs, int) else 0
-
-
 class SearchArchitectures(ApiView):
     @extend_schema(
         operation_id="searches_architectures_list",
@@ -336,7 +329,7 @@ class SearchArchitectures(ApiView):
         if ordering not in ORDER_BY:
             raise ServiceError("ordering", f"must be one of {', '.join(ORDER_BY)}")
         archs = search.architectures.prefetch_related("runs").order_by(*ORDER_BY[ordering], "id")
-        planned = planned_epochs(search)
+        planned = search.child_epochs or 0
         return paginate(request, self, archs, lambda arch: architecture_dict(arch, planned))
 
 
@@ -357,7 +350,7 @@ class ArchitectureDetail(ApiView):
     def get(self, request, pk: int):
         qs = m.Architecture.objects.for_user(request.user).select_related("search").prefetch_related("runs")
         arch = get_or_404(qs, pk)
-        return Response(architecture_dict(arch, planned_epochs(arch.search)))
+        return Response(architecture_dict(arch, arch.search.child_epochs or 0))
 
 
 class ArchitectureGenotype(ApiView):

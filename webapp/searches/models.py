@@ -17,6 +17,7 @@ from django.db.models import Count, F, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Length
 from django.utils import timezone
 
+from nas_engine.early_stopping import EarlyStopError, decision_epochs, parse_early_stop
 from nas_engine.spec import SearchSpec, validate_spec
 from webapp.accounts.models import Team
 
@@ -142,6 +143,15 @@ class Search(models.Model):
         against them when it was submitted, and lowering a quota must not break it."""
         return _parse_stored_spec(json.dumps(self.spec, sort_keys=True), str(settings.NAS_DATA_ROOT))
 
+    @property
+    def child_epochs(self) -> int | None:
+        """The children's full training, read from the stored spec without validating it
+        again (no data set lookup: a search whose folder went away still reads it); None
+        for a spec not in full form."""
+        child = self.spec.get("child") if isinstance(self.spec, dict) else None
+        epochs = child.get("epochs") if isinstance(child, dict) else None
+        return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+
     def rung_counts(self) -> list[dict]:
         """Early stopping per decision epoch: the children judged there (`reached`), those
         that went on and those stopped ([] without early stopping). One aggregate query over
@@ -149,14 +159,12 @@ class Search(models.Model):
         The search page's table, and the search.status event's `rungs` (webapp.live).
         Read from the stored spec without validating it again (no data set lookup), so a
         search whose data set folder went away can still be failed or cancelled."""
-        from nas_engine.early_stopping import EarlyStopError, decision_epochs, parse_early_stop
-
+        epochs = self.child_epochs
         try:
             early_stop = parse_early_stop(self.spec.get("early_stop"))
-            epochs = int(self.spec["child"]["epochs"])
-        except (EarlyStopError, KeyError, TypeError, ValueError, AttributeError):
+        except (EarlyStopError, AttributeError):
             return []
-        if not early_stop.active:
+        if not early_stop.active or epochs is None:
             return []
         rows = {
             row["epoch"]: row
