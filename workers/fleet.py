@@ -196,7 +196,10 @@ class Heartbeat(threading.Thread):
     def _beat(self) -> None:
         beat(self.hostname, self.queues, self.pid, self.device or "")
         procs = pool_processes(self.pool)
-        if procs != self.synced:
+        # No started process: a prefork pool replacing all of them at once (max tasks per
+        # child) has none with a pid for a moment. Syncing that would blank the workers page
+        # until the next beat; the next beat sees the new processes.
+        if procs and procs != self.synced:
             sync_processes(self.hostname, procs)
             self.synced = procs
 
