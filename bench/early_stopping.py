@@ -64,22 +64,27 @@ class _Spent(Exception):
     """Both budgets are covered: the run can end."""
 
 
-def variants(strategies: list[str], extra_min_epochs: list[int], modes: bool) -> list[tuple[str, str, EarlyStop]]:
-    """(label, strategy, early stopping) in the order they are run and printed."""
+def variants(args) -> list[tuple[str, str, EarlyStop, dict]]:
+    """(label, strategy, early stopping, strategy settings) in the order they are run and printed."""
     out = []
-    for name in strategies:
-        out.append((f"{name} full", name, EarlyStop()))
-        out.append((f"{name} asha", name, EarlyStop(rule="asha")))
-        out.append((f"{name} median", name, EarlyStop(rule="median")))
-        for min_epochs in extra_min_epochs:
-            out.append((f"{name} asha min {min_epochs}", name, EarlyStop(rule="asha", min_epochs=min_epochs)))
-        if name == "ppo" and modes:
-            for mode in ("normalised", "drop"):
-                out.append((f"ppo asha {mode}", name, EarlyStop(rule="asha", stopped_reward=mode)))
+    for name in args.strategies:
+        base = STRATEGY_SETTINGS[name]
+        out.append((f"{name} full", name, EarlyStop(), base))
+        for rule in args.rules:
+            out.append((f"{name} {rule}", name, EarlyStop(rule=rule), base))
+        for min_epochs in args.asha_min_epochs:
+            out.append((f"{name} asha min {min_epochs}", name, EarlyStop(rule="asha", min_epochs=min_epochs), base))
+        if name == "ppo":
+            for mode in [] if args.no_modes else args.modes:
+                out.append((f"ppo asha {mode}", name, EarlyStop(rule="asha", stopped_reward=mode), base))
+            for lr in args.ppo_asha_lr:
+                out.append((f"ppo asha lr {lr:g}", name, EarlyStop(rule="asha"), {**base, "lr": lr}))
     return out
 
 
-def run_one(name: str, settings: EarlyStop, objective, args, seed: int, budget: int | None) -> list[dict]:
+def run_one(
+    name: str, settings: EarlyStop, strategy_settings: dict, objective, args, seed: int, budget: int | None
+) -> list[dict]:
     """One search; per child: epochs trained, and its final reward (observed and
     noiseless) when it was trained in full or reused from a child that was."""
     rows: list[dict] = []
@@ -103,7 +108,7 @@ def run_one(name: str, settings: EarlyStop, objective, args, seed: int, budget: 
     def evaluate(genotype, report):
         return objective.train(genotype, args.epochs, report)
 
-    strategy = make_strategy(name, SearchSpace(), STRATEGY_SETTINGS[name], seed)
+    strategy = make_strategy(name, SearchSpace(), strategy_settings, seed)
     limit = args.children if budget is None else args.children * args.max_children
     with contextlib.suppress(_Spent):  # on_result ends the run once both budgets are covered
         run_search(strategy, evaluate, children=limit, epochs=args.epochs, early_stop=settings, on_result=record)
@@ -145,14 +150,15 @@ def prefix_within(rows: list[dict], budget: int) -> list[dict]:
 
 
 def run(args) -> dict:
-    labels = variants(args.strategies, args.asha_min_epochs, not args.no_modes)
-    results: dict[str, list[dict]] = {label: [] for label, _, _ in labels}
+    labels = variants(args)
+    results: dict[str, list[dict]] = {label: [] for label, *_ in labels}
     for seed in range(args.seeds):
         objective = SyntheticObjective(SearchSpace(), seed, noise=args.noise)
         budget = target = None
-        for label, name, settings in labels:
+        for label, name, settings, strategy_settings in labels:
             started = time.perf_counter()
-            rows = run_one(name, settings, objective, args, seed, None if not settings.active else budget)
+            budget_here = None if not settings.active else budget
+            rows = run_one(name, settings, strategy_settings, objective, args, seed, budget_here)
             if not settings.active:
                 budget = sum(r["epochs"] for r in rows)  # full training's: the next variants' epochs
                 target = measure(rows)["best"] - args.noise  # within noise of full training's best
@@ -185,7 +191,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def summarise(args, labels, results) -> dict:
     rows = []
-    for label, name, settings in labels:
+    for label, name, settings, _ in labels:
         full = results[f"{name} full"]
         runs = results[label]
         row = {"variant": label, "strategy": name, "early_stop": settings.to_dict()}
@@ -211,7 +217,8 @@ def summarise(args, labels, results) -> dict:
         row["goal_met"] = row["target_saving"]["min"] >= 3
         row["seconds"] = statistics.mean(r["seconds"] for r in runs)
         rows.append(row)
-    keys = ("children", "epochs", "seeds", "noise", "strategies", "max_children", "asha_min_epochs")
+    keys = ("children", "epochs", "seeds", "noise", "strategies", "rules", "max_children")
+    keys += ("asha_min_epochs", "ppo_asha_lr")
     config = {k: getattr(args, k) for k in keys}
     return {"config": config, "rows": rows}
 
@@ -253,17 +260,31 @@ def _pair(saving: dict) -> str:
     return f"{saving['min']:.1f}/{saving['mean']:.1f}x"
 
 
+def _names(text: str) -> list[str]:
+    return [name for name in text.split(",") if name]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--children", type=int, default=500, help="full training's children (default 500)")
     parser.add_argument("--epochs", type=int, default=20, help="a child's full training (default 20, the paper's)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--noise", type=float, default=0.01, help="std of a final reward between trainings")
-    parser.add_argument("--strategies", type=lambda s: s.split(","), default=["random", "ppo", "evolution"])
+    parser.add_argument("--strategies", type=_names, default=["random", "ppo", "evolution"])
     parser.add_argument(
         "--asha-min-epochs", type=int, action="append", default=[], help="extra ASHA rows with this first rung"
     )
+    parser.add_argument("--rules", type=_names, default=["asha", "median"], help="early-stopping rows (asha,median)")
+    parser.add_argument(
+        "--modes",
+        type=_names,
+        default=["normalised", "drop"],
+        help="extra PPO ASHA rows, one per stopped_reward (default normalised,drop)",
+    )
     parser.add_argument("--no-modes", action="store_true", help="no extra PPO rows per stopped_reward")
+    parser.add_argument(
+        "--ppo-asha-lr", type=float, action="append", default=[], help="an extra PPO ASHA row with this learning rate"
+    )
     parser.add_argument(
         "--max-children", type=int, default=8, help="equal epochs: at most this many times --children (default 8)"
     )

@@ -155,6 +155,22 @@ def test_rung_decisions_are_the_engines_whatever_order_results_arrive_in(member,
     assert 0 < len(stopped) < 12  # the rule stopped some children, not all
 
 
+def local_summary(search, children: int, parallel: int):
+    """The CLI's local loop (nas_engine.search) on the search's spec: strategy, seed, curves."""
+    from nas_engine.search import run_search
+
+    spec = search.parsed_spec
+    objective = SyntheticObjective(spec.space, spec.seed)
+    return run_search(
+        spec.make_strategy(),
+        lambda genotype, report: objective.train(genotype, EPOCHS, report),
+        children=children,
+        parallel=parallel,
+        epochs=EPOCHS,
+        early_stop=spec.early_stop,
+    )
+
+
 def drive(search, limit: int = 200) -> None:
     """Advance and train in-process until the search is done (a controller and a worker)."""
     from webapp.searches import models as m
@@ -202,18 +218,7 @@ def test_a_search_with_asha_stops_children_at_rungs_and_counts_the_epochs(member
     rows = [(i, [e["val_acc"] for e in r.epochs], True) for i, r in sorted(runs.items())]
     assert stored_decisions(search) == board_decisions(parse_early_stop(ASHA), rows)
     # And the same children stopped as the CLI's local loop with the same strategy and seed.
-    from nas_engine.search import run_search
-
-    spec = search.parsed_spec
-    objective = SyntheticObjective(spec.space, spec.seed)
-    summary = run_search(
-        spec.make_strategy(),
-        lambda genotype, report: objective.train(genotype, EPOCHS, report),
-        children=20,
-        parallel=4,
-        epochs=EPOCHS,
-        early_stop=spec.early_stop,
-    )
+    summary = local_summary(search, children=20, parallel=4)
     assert (summary.stopped, summary.epochs_trained) == (len(stopped), search.epochs_trained)
     assert summary.best_reward == search.best_reward
 
@@ -385,6 +390,60 @@ def test_a_stopped_childs_rung_value_is_never_reused(member, settings):
     reused = m.Architecture.objects.filter(search=second, reused_from__isnull=False)
     assert reused.count() == 12 - stopped.count()
     assert not reused.filter(canonical_hash__in=stopped.values("canonical_hash")).exists()
+
+
+def test_a_duplicate_of_a_stopped_child_is_stopped_again_without_training(member, settings, client):
+    """As the local loop does: reused as stopped at the same rung, told the same Fidelity,
+    no epochs spent; the same counters as nas_engine.search with the same strategy and seed."""
+    from webapp.searches import models as m
+
+    settings.NAS_RUNG_WAIT_SECONDS = 0
+    # Random search in a space of a few cells: most children duplicate an earlier one.
+    tiny = {"ops": ["identity", "sep_conv_3x3"], "num_blocks": 1, "combines": ["add"]}
+    search = submit(member, space=tiny, budget={"children": 30, "parallel": 1})
+    drive(search)
+    search.refresh_from_db()
+    runs = runs_by_index(search)
+    again = {i: r for i, r in runs.items() if r.status == m.RUN_STOPPED and r.architecture.reused_from_id}
+    assert again, f"no duplicate of a stopped child: {[(i, r.status) for i, r in runs.items()]}"
+    for run in again.values():
+        original = m.Architecture.objects.get(pk=run.architecture.reused_from_id)
+        assert original.search_id == search.id and original.reused_from_id is None
+        first = original.runs.get()
+        assert (
+            first.status == m.RUN_STOPPED
+            and not m.RungDecision.objects.filter(search=search, sample_index=run.architecture.sample_index).exists()
+        )  # no decision of its own: the original's verdict
+        assert (run.reward, run.epochs) == (first.reward, first.epochs)
+        assert run.architecture.reward is None and run.architecture.canonical_hash == original.canonical_hash
+    trained = [r for i, r in runs.items() if i not in again and r.status != m.RUN_REUSED]
+    assert search.epochs_trained == sum(len(r.epochs) for r in trained)  # the duplicates trained none
+    assert search.children_stopped == sum(r.status == m.RUN_STOPPED for r in runs.values())
+    assert search.children_reused == len(again) + sum(r.status == m.RUN_REUSED for r in runs.values())
+    assert search.epochs_saved == sum(EPOCHS - len(r.epochs) for r in runs.values() if r.status == m.RUN_STOPPED)
+    summary = local_summary(search, children=30, parallel=1)
+    assert (summary.stopped, summary.reused, summary.epochs_trained) == (
+        search.children_stopped,
+        search.children_reused,
+        search.epochs_trained,
+    )
+    # The API says the same: no epochs trained for the duplicate, its rung value in `run`.
+    client.force_login(member[0])
+    rows = client.get(f"/api/searches/{search.id}/architectures?page_size=50").json()["results"]
+    assert sum(row["epochs_trained"] for row in rows) == search.epochs_trained
+    by_index = {row["sample_index"]: row for row in rows}
+    for i, run in again.items():
+        assert by_index[i]["epochs_trained"] == 0 and by_index[i]["run"]["status"] == "stopped"
+        assert by_index[i]["reward"] is None and by_index[i]["run"]["reward"] == run.reward
+    # The page: where it stopped (its original's rung) and a link to the original.
+    page = client.get(f"/searches/{search.id}").content.decode()
+    i, run = next(iter(again.items()))
+    rung = len(run.epochs)
+    original = m.Architecture.objects.get(pk=run.architecture.reused_from_id)
+    assert (
+        f'stopped after epoch {rung} of {EPOCHS}</div><div class="child-note muted">reused from '
+        f'<a href="/architectures/{original.id}">#{original.sample_index}</a></div>'
+    ) in page
 
 
 # -- the spec ---------------------------------------------------------------------------------

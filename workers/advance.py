@@ -11,7 +11,9 @@ Serialized per search by a row lock (SELECT ... FOR UPDATE on the Search):
   tell_failure; a result whose child.finished event is missing gets it), ask for as
   many proposals as there are free parallel slots and budget left, write Architecture +
   ChildRun rows in bulk (a duplicate of an architecture that already has a reward is
-  `reused` and told at once, when the spec asks for it; failures are never reused), save
+  `reused` and told at once, when the spec asks for it; failures are never reused; with
+  early stopping, a duplicate of a child this search stopped is stopped again at the same
+  rung with no epochs spent, as nas_engine.search does), save
   the checkpoint and the counters in the same transaction, and after commit dispatch
   `train_child` for each new run.
   Budget spent and everything told -> finished. Any unexpected error -> failed, with
@@ -46,6 +48,7 @@ deserialising the checkpoint.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
@@ -231,12 +234,21 @@ def _version(search: m.Search) -> tuple:
     return (search.checkpoint_at, search.children_sampled, search.children_done, search.status)
 
 
-def _record(search: m.Search, arch_id: int, status: str, reward: float | None, trained: int = 0, full: int = 0) -> None:
-    """Count a told child; `trained`: the epochs it trained, of its `full` training."""
+def _record(
+    search: m.Search,
+    arch_id: int,
+    status: str,
+    reward: float | None,
+    trained: int = 0,
+    full: int = 0,
+    reused: bool = False,
+) -> None:
+    """Count a told child; `trained`: the epochs it trained (or, `reused`, that the child it
+    reuses trained: none spent now), of its `full` training."""
     search.children_done += 1
     search.children_failed += status == m.RUN_FAILED
-    search.children_reused += status == m.RUN_REUSED
-    search.epochs_trained += trained
+    search.children_reused += reused or status == m.RUN_REUSED
+    search.epochs_trained += 0 if reused else trained
     if status == m.RUN_STOPPED:
         search.children_stopped += 1
         search.epochs_saved += max(full - trained, 0)
@@ -303,6 +315,7 @@ def _sample(search: m.Search, spec: SearchSpec, strategy: Strategy, n: int, even
     proposals = strategy.ask(n)
     hashes = [p.genotype.canonical_hash() for p in proposals]
     known = _known_rewards(search, spec, hashes)
+    stops = _known_stops(search, spec, [h for h in hashes if h not in known])
     counts = _counts(spec, [p.genotype for p in proposals])
     now = timezone.now()
     archs = [
@@ -314,15 +327,16 @@ def _sample(search: m.Search, spec: SearchSpec, strategy: Strategy, n: int, even
             params=c[0],
             mult_adds=c[1],
             reward=known[h][0] if h in known else None,
-            told=h in known,
-            reused_from_id=known[h][1] if h in known else None,
+            told=h in known or h in stops,
+            reused_from_id=known[h][1] if h in known else stops[h].original if h in stops else None,
         )
         for p, h, c in zip(proposals, hashes, counts)
     ]
     m.Architecture.objects.bulk_create(archs)
     runs, updates = [], []
     told = _reused_fidelity(spec, [a.reused_from_id for a in archs if a.reward is not None])
-    for p, arch in zip(proposals, archs):
+    full = spec.child.epochs
+    for p, h, arch in zip(proposals, hashes, archs):
         reward = arch.reward
         if reward is not None:
             updates.append(strategy.tell(p.id, reward, told.get(arch.reused_from_id)))
@@ -330,18 +344,34 @@ def _sample(search: m.Search, spec: SearchSpec, strategy: Strategy, n: int, even
             runs.append(
                 m.ChildRun(architecture=arch, status=m.RUN_REUSED, reward=reward, finished_at=now, announced=True)
             )
+        elif h in stops:  # stopped again at the same rung, as the local loop does: no epochs spent
+            stop, values = stops[h], rungs.values_of(stops[h].epochs)
+            updates.append(strategy.tell(p.id, stop.value, fidelity(spec.early_stop, values, full)))
+            _record(search, arch.id, m.RUN_STOPPED, stop.value, len(values), full, reused=True)
+            # The original's epoch rows, so the page shows where it stopped and its curve;
+            # models.epochs_trained counts none of them for a reused child.
+            runs.append(
+                m.ChildRun(
+                    architecture=arch,
+                    status=m.RUN_STOPPED,
+                    reward=stop.value,
+                    epochs=stop.epochs,
+                    finished_at=now,
+                    announced=True,
+                )
+            )
         else:
             updates.append(None)
             runs.append(m.ChildRun(architecture=arch, status=m.RUN_QUEUED, dispatched_at=now))
     m.ChildRun.objects.bulk_create(runs)  # ids set (RETURNING): the reused runs' events name them
     for p, arch, run, stats in zip(proposals, archs, runs, updates):
         events.append(live.sampled(arch))
-        if run.status == m.RUN_REUSED:
+        if run.status != m.RUN_QUEUED:
             events.append(live.finished(run, p.id))
             if stats is not None:
                 events.append(live.controller(stats, p.id))
     search.children_sampled += len(proposals)
-    reused = sum(r.status == m.RUN_REUSED for r in runs)
+    reused = sum(r.status != m.RUN_QUEUED for r in runs)
     log.info("search %s: sampled %d children (%d reused)", search.id, len(proposals), reused)
     return [r.id for r in runs if r.status == m.RUN_QUEUED], reused > 0
 
@@ -389,6 +419,36 @@ def _known_rewards(search: m.Search, spec: SearchSpec, hashes: list[str]) -> dic
         for h, reward, arch_id, original in found:
             known.setdefault(h, (reward, original or arch_id))
     return known
+
+
+@dataclass(frozen=True)
+class _Stop:
+    """A child of this search that early stopping stopped: its rung value, the architecture
+    where it was measured, and its per-epoch rows."""
+
+    value: float
+    original: int
+    epochs: list
+
+
+def _known_stops(search: m.Search, spec: SearchSpec, hashes: list[str]) -> dict[str, _Stop]:
+    """hash -> _Stop for the proposals (not reusing a final reward) that duplicate a child
+    this search stopped early: each is reused as stopped at the same rung, told the same
+    Fidelity, as nas_engine.search does (`reuse_duplicates`). Within the search only: a rung
+    value is never reused across searches. The earliest stopped child wins."""
+    if not (hashes and spec.reuse_duplicates and spec.early_stop.active):
+        return {}
+    runs = m.ChildRun.objects.filter(
+        architecture__search=search, architecture__canonical_hash__in=hashes, status=m.RUN_STOPPED
+    ).exclude(reward=None)
+    found = runs.order_by("architecture__sample_index").values_list(
+        "architecture__canonical_hash", "reward", "architecture_id", "architecture__reused_from_id", "epochs"
+    )
+    stops: dict[str, _Stop] = {}
+    for h, value, arch_id, original, epochs in found:
+        if rungs.values_of(epochs):  # a stopped run always has its rows; one without is not reused
+            stops.setdefault(h, _Stop(value, original or arch_id, epochs))
+    return stops
 
 
 def _counts(spec: SearchSpec, genotypes: list[Genotype]) -> list[tuple[int | None, int | None]]:

@@ -86,6 +86,9 @@ def decide(search_id: int, early_stop: EarlyStop, index: int, epoch: int) -> Ver
                 architecture__search_id=search_id,
                 architecture__sample_index__gte=start,
                 architecture__sample_index__lte=index,
+                # A duplicate stopped again without training carries its original's rows
+                # but is no peer (the local loop's Board leaves reused children out too).
+                architecture__reused_from__isnull=True,
             )
             .order_by("architecture__sample_index")
             .values_list("architecture__sample_index", "status", "epochs")

@@ -75,10 +75,14 @@ def _iso(moment) -> str | None:
     return moment.isoformat() if moment else None
 
 
-def epochs_trained(status: str, epochs: object, planned: int) -> int:
+def epochs_trained(status: str, epochs: object, planned: int, reused: bool = False) -> int:
     """The epochs a child run trained (its final attempt's rows): a run without per-epoch
     rows (a synthetic child without early stopping) trained its `planned` epochs if it
-    succeeded; a reused one trained none. Search.epochs_trained sums this over told children."""
+    succeeded; a reused one (status reused, or `reused`: a duplicate of a stopped child,
+    which carries its original's rows) trained none. Search.epochs_trained sums this over
+    told children."""
+    if reused or status == RUN_REUSED:
+        return 0
     if isinstance(epochs, list) and epochs:
         return len(epochs)
     return planned if status == RUN_SUCCEEDED else 0
