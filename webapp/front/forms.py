@@ -118,15 +118,17 @@ class SearchForm(forms.Form):
         choices=[(r, EARLY_STOP_RULES.get(r, r)) for r in RULES],
         initial="none",
         help_text="end children clearly worse than their peers before their full training; "
-        "the settings below apply only with a rule",
+        "the settings below apply only with a rule. ASHA saves the most and suits random search; "
+        "with PPO or evolution the median rule came within about 0.01 of full training's best "
+        "on our bench, ASHA 0.05 below",
     )
     early_stop_min_epochs = forms.IntegerField(
         label="Min epochs",
         required=False,
         help_text=(
             "ASHA's first rung, the median rule's grace period; below the child epochs (blank: 1). "
-            "For real children about a third of the child epochs: after one epoch their accuracy "
-            "barely ranks them (docs/early-stopping.md)"
+            "For real children, a third to a half of the child epochs: on our CIFAR proxy, the accuracy "
+            "after one or two epochs did not rank children (docs/early-stopping.md)"
         ),
     )
     early_stop_reduction_factor = forms.IntegerField(
