@@ -22,6 +22,7 @@ websocket is open; [data-search-status] on the status badge; one
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -122,6 +123,51 @@ def browser(stack, monkeypatch):
             yield chromium
         finally:
             chromium.close()
+
+
+class LivePages:
+    """One logged-in page of `live_browser`: `open(path)` goes there and waits until its
+    websocket is live; `errors` collects the page's script errors."""
+
+    def __init__(self, server, chromium, username: str, password: str):
+        self.server, self.chromium, self.username, self.password = server, chromium, username, password
+        self.page = None
+        self.errors: list[str] = []
+
+    def open(self, path: str):
+        if self.page is None:
+            self.page = log_in(self.chromium, self.server, self.username, self.password)
+            self.page.on("pageerror", lambda err: self.errors.append(str(err)))
+        self.page.goto(self.server.url(path))
+        self.page.wait_for_function("() => document.getElementById('live-state').textContent.trim() === 'live'")
+        return self.page
+
+
+@contextlib.contextmanager
+def live_browser(settings, monkeypatch, username: str = "owner", password: str = "pw-owner-123"):
+    """daphne on the test database (without workers) and headless Chromium, with this process
+    publishing on the channel layer daphne listens to: for tests whose events, published
+    here, must reach an open page. Yields LivePages. Needs transaction=True."""
+    from django.db import connection, connections
+    from playwright.sync_api import sync_playwright
+
+    if reason := chromium_missing():
+        pytest.skip(reason)
+    url = redis_url()
+    flush_redis(url)
+    layer = settings.CHANNEL_LAYERS["default"]
+    settings.CHANNEL_LAYERS = {"default": {**layer, "CONFIG": {**layer["CONFIG"], "hosts": [url]}}}
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # playwright's loop runs on this thread
+    with Daphne(worker_env(connection.settings_dict["NAME"], url)) as server, sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield LivePages(server, chromium, username, password)
+        finally:
+            chromium.close()
+            # While playwright's loop runs, the test's ORM calls have a connection of their own.
+            connections.close_all()
+    flush_redis(url)
+    wait_for_disconnects(connection)
 
 
 def log_in(browser, server, username: str, password: str):

@@ -347,20 +347,8 @@ def test_an_architecture_without_selection_runs_shows_none(client, personas, sea
 def test_the_ranking_and_the_noise_floor_arrive_live_in_the_browser(personas, monkeypatch, settings):
     """daphne on the test database and headless Chromium (as tests/test_e2e_browser.py, without
     workers): events published here reach the open pages, which redraw from them alone."""
-    from django.db import connections
+    from tests.test_e2e_browser import live_browser
 
-    from tests.celery_worker import flush_redis, worker_env
-    from tests.e2e_support import CHROMIUM, CHROMIUM_ARGS, Daphne, chromium_missing
-    from tests.test_e2e_browser import log_in, redis_url, wait_for_disconnects
-
-    if reason := chromium_missing():
-        pytest.skip(reason)
-    url = redis_url()
-    flush_redis(url)
-    # This process publishes on the channel layer daphne listens to.
-    layer = settings.CHANNEL_LAYERS["default"]
-    settings.CHANNEL_LAYERS = {"default": {**layer, "CONFIG": {**layer["CONFIG"], "hosts": [url]}}}
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # playwright's loop runs on this thread
     search = make_search(personas.alpha, personas.owner, name="alpha digits", status=m.FINISHED)
     for i, reward in enumerate([0.71, 0.93, 0.85]):
         make_architecture(search, i, reward=reward)
@@ -372,49 +360,34 @@ def test_the_ranking_and_the_noise_floor_arrive_live_in_the_browser(personas, mo
         (a2, 1, None, "running"),
     ]
     selection = make_selection(search, personas.owner, runs=runs)
-    from playwright.sync_api import sync_playwright
+    with live_browser(settings, monkeypatch) as pages:
+        page = pages.open(f"/selections/{selection.id}")
+        order = "() => [...document.querySelectorAll('#ranking tbody tr')].map(r => Number(r.dataset.architecture))"
+        assert page.evaluate(order) == [a2.id, a1.id]  # 0.95 over one seed, then 0.89 over two
 
-    with Daphne(worker_env(connection.settings_dict["NAME"], url)) as server, sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = log_in(chromium, server, "owner", "pw-owner-123")
-            errors: list[str] = []
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.goto(server.url(f"/selections/{selection.id}"))
-            page.wait_for_function("() => document.getElementById('live-state').textContent.trim() === 'live'")
-            order = "() => [...document.querySelectorAll('#ranking tbody tr')].map(r => Number(r.dataset.architecture))"
-            assert page.evaluate(order) == [a2.id, a1.id]  # 0.95 over one seed, then 0.89 over two
+        selection.runs.filter(status=m.RUN_RUNNING).update(status=m.RUN_SUCCEEDED, reward=0.81)
+        selection.status, selection.winner, selection.error = m.RUN_SUCCEEDED, a1, EVIL
+        selection.save()
+        live.publish(search.id, *live.selection_progress(selection))
+        page.wait_for_function("() => document.querySelector('#selection-status .badge.succeeded')")
+        assert page.evaluate(order) == [a1.id, a2.id]  # #2's second seed brought it down to 0.88
+        winner = page.locator(f'#ranking tr[data-architecture="{a1.id}"]')
+        assert winner.get_attribute("class") == "winner" and "0.8900 ± 0.0141" in winner.text_content()
+        assert page.get_attribute("#train-winner", "href") == f"/architectures/{a1.id}#train"
+        assert page.text_content("#sel-runs").strip() == "4 / 4"
+        assert page.text_content("#selection-error") == EVIL  # text, never markup
+        assert page.evaluate("() => document.querySelectorAll('#selection-error *').length") == 0
+        assert page.is_hidden("#selection-cancel") and page.is_hidden("#live-state")
 
-            selection.runs.filter(status=m.RUN_RUNNING).update(status=m.RUN_SUCCEEDED, reward=0.81)
-            selection.status, selection.winner, selection.error = m.RUN_SUCCEEDED, a1, EVIL
-            selection.save()
-            live.publish(search.id, *live.selection_progress(selection))
-            page.wait_for_function("() => document.querySelector('#selection-status .badge.succeeded')")
-            assert page.evaluate(order) == [a1.id, a2.id]  # #2's second seed brought it down to 0.88
-            winner = page.locator(f'#ranking tr[data-architecture="{a1.id}"]')
-            assert winner.get_attribute("class") == "winner" and "0.8900 ± 0.0141" in winner.text_content()
-            assert page.get_attribute("#train-winner", "href") == f"/architectures/{a1.id}#train"
-            assert page.text_content("#sel-runs").strip() == "4 / 4"
-            assert page.text_content("#selection-error") == EVIL  # text, never markup
-            assert page.evaluate("() => document.querySelectorAll('#selection-error *').length") == 0
-            assert page.is_hidden("#selection-cancel") and page.is_hidden("#live-state")
-
-            page.goto(server.url(f"/searches/{search.id}"))
-            page.wait_for_function("() => document.getElementById('live-state').textContent.trim() === 'live'")
-            search.noise_floor = 0.02
-            search.save()
-            live.publish(search.id, *live.status(m.Search.objects.select_related("owner").get(pk=search.pk)))
-            page.wait_for_function("() => document.getElementById('stat-noise-floor').textContent === '0.0200'")
-            band = "() => (document.getElementById('reward-chart').data || []).filter(t => t.legendgroup === 'noise')"
-            page.wait_for_function(f"() => ({band})().length === 2")
-            traces = page.evaluate(band)
-            assert [t.get("showlegend", True) for t in traces] == [False, True]
-            assert traces[1]["name"] == "noise floor ±σ" and traces[1]["fill"] == "tonexty"
-            assert [round(y, 4) for y in traces[1]["y"]][:2] == [0.73, 0.95]  # running best + σ
-            assert not errors, errors
-        finally:
-            chromium.close()
-            # While playwright's loop runs, the ORM calls above have a connection of their own.
-            connections.close_all()
-    flush_redis(url)
-    wait_for_disconnects(connection)
+        pages.open(f"/searches/{search.id}")
+        search.noise_floor = 0.02
+        search.save()
+        live.publish(search.id, *live.status(m.Search.objects.select_related("owner").get(pk=search.pk)))
+        page.wait_for_function("() => document.getElementById('stat-noise-floor').textContent === '0.0200'")
+        band = "() => (document.getElementById('reward-chart').data || []).filter(t => t.legendgroup === 'noise')"
+        page.wait_for_function(f"() => ({band})().length === 2")
+        traces = page.evaluate(band)
+        assert [t.get("showlegend", True) for t in traces] == [False, True]
+        assert traces[1]["name"] == "noise floor ±σ" and traces[1]["fill"] == "tonexty"
+        assert [round(y, 4) for y in traces[1]["y"]][:2] == [0.73, 0.95]  # running best + σ
+        assert not pages.errors, pages.errors

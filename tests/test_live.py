@@ -428,6 +428,7 @@ def test_every_event_carries_its_rows_to_dict_less_the_documented_omissions(pers
         "architecture": event_shape(rows["arch"]),
         "url": f"/architectures/{arch.id}",
         "svg": f"/architectures/{arch.id}/cells.svg",
+        "reused_from": None,  # trained, not reused (test_rungs: a reused child's origin)
     }
     assert stored[live.PROGRESS] == {"run": event_shape(rows["run"]), "sample_index": 4}
     assert stored[live.FINISHED] == {"run": event_shape(rows["run"]), "sample_index": 4}

@@ -446,6 +446,58 @@ def test_a_duplicate_of_a_stopped_child_is_stopped_again_without_training(member
     ) in page
 
 
+def test_a_reused_childs_sampled_event_names_where_it_was_measured(member):
+    """The live row of a reused child reads "#k of <search>" at once (the page's words), not
+    only after a reload: architecture.sampled carries the origin, null for a trained child."""
+    from webapp.live.models import SearchEvent
+    from workers import advance
+
+    first = submit(member, early_stop=None, budget={"children": 2, "parallel": 2})
+    drive(first)
+    second = submit(member, early_stop=None, budget={"children": 3, "parallel": 3})
+    second.name = "second"
+    second.save()
+    advance.advance(second.id)
+    events = SearchEvent.objects.filter(search=second, type="architecture.sampled").order_by("seq")
+    origins = {e.payload["architecture"]["sample_index"]: e.payload["reused_from"] for e in events}
+    firsts = {a.sample_index: a for a in first.architectures.all()}
+    assert origins == {
+        0: {"architecture": firsts[0].id, "sample_index": 0, "search": first.id, "search_name": "s"},
+        1: {"architecture": firsts[1].id, "sample_index": 1, "search": first.id, "search_name": "s"},
+        2: None,  # the first search had only two children: this one is trained
+    }
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_a_child_reused_while_the_page_is_open_links_its_origin_by_name(member, monkeypatch, settings):
+    """daphne on the test database and headless Chromium (as tests/test_front_selection.py):
+    the advance runs here, in-process, after the page opened; its events alone must make the
+    row read "reused from #k of <name>", a hostile name shown as text."""
+    from tests.test_e2e_browser import live_browser
+    from webapp.searches import models as m
+    from workers import advance
+
+    evil = '<img src=x onerror="alert(1)"> origin'
+    first = submit(member, early_stop=None, budget={"children": 2, "parallel": 2})
+    m.Search.objects.filter(pk=first.pk).update(name=evil)
+    drive(first)
+    second = submit(member, early_stop=None, budget={"children": 2, "parallel": 2})  # not advanced yet
+    origin = first.architectures.get(sample_index=1)
+    with live_browser(settings, monkeypatch) as pages:
+        page = pages.open(f"/searches/{second.id}")
+        advance.advance(second.id)  # both children reused from the first search
+        reused = m.Architecture.objects.get(search=second, sample_index=1)
+        note = page.locator(f'#children tr[data-architecture="{reused.id}"] .child-note')
+        note.wait_for(timeout=20_000)
+        assert note.text_content() == f"reused from #1 of {evil}"
+        links = note.locator("a")
+        assert links.nth(0).get_attribute("href") == f"/architectures/{origin.id}"
+        assert links.nth(1).get_attribute("href") == f"/searches/{first.id}"
+        assert page.evaluate("() => document.querySelectorAll('#children img').length") == 0  # text only
+        assert not pages.errors, pages.errors
+
+
 # -- the spec ---------------------------------------------------------------------------------
 def _spec(**fields):
     from django.conf import settings

@@ -62,6 +62,7 @@ from nas_engine.spec import SearchSpec
 from nas_engine.strategies import Strategy
 from nas_engine.strategies.base import Fidelity
 from webapp import dispatch
+from webapp.front.children import reused_origin
 from webapp.live import events as live
 from webapp.searches import models as m
 from webapp.searches import services
@@ -364,8 +365,9 @@ def _sample(search: m.Search, spec: SearchSpec, strategy: Strategy, n: int, even
             updates.append(None)
             runs.append(m.ChildRun(architecture=arch, status=m.RUN_QUEUED, dispatched_at=now))
     m.ChildRun.objects.bulk_create(runs)  # ids set (RETURNING): the reused runs' events name them
+    origins = _origins(search, archs)
     for p, arch, run, stats in zip(proposals, archs, runs, updates):
-        events.append(live.sampled(arch))
+        events.append(live.sampled(arch, origins.get(arch.id)))
         if run.status != m.RUN_QUEUED:
             events.append(live.finished(run, p.id))
             if stats is not None:
@@ -374,6 +376,24 @@ def _sample(search: m.Search, spec: SearchSpec, strategy: Strategy, n: int, even
     reused = sum(r.status != m.RUN_QUEUED for r in runs)
     log.info("search %s: sampled %d children (%d reused)", search.id, len(proposals), reused)
     return [r.id for r in runs if r.status == m.RUN_QUEUED], reused > 0
+
+
+def _origins(search: m.Search, archs: list[m.Architecture]) -> dict[int, dict]:
+    """{architecture id: where its reward was measured, as the page names it} for the reused
+    ones, read in one query: the live row links "#k of <search>" before any reload."""
+    reused = [a for a in archs if a.reused_from_id is not None]
+    if not reused:
+        return {}
+    originals = m.Architecture.objects.select_related("search").only(
+        "id", "sample_index", "search__id", "search__name", "search__team_id"
+    )
+    found = originals.in_bulk({a.reused_from_id for a in reused})
+    out = {}
+    for arch in reused:
+        if arch.reused_from_id in found:
+            arch.reused_from = found[arch.reused_from_id]
+            out[arch.id] = reused_origin(arch, search)
+    return out
 
 
 def _reused_fidelity(spec: SearchSpec, originals: list[int]) -> dict:

@@ -13,7 +13,9 @@ payloads carry the models' own to_dict(), the shape the API answers with, cut to
 model_dict() (below):
 
     architecture.sampled  {"architecture": Architecture, "url": "/architectures/<id>",
-                           "svg": "/architectures/<id>/cells.svg"}
+                           "svg": "/architectures/<id>/cells.svg", "reused_from": null or
+                           {"architecture", "sample_index", "search", "search_name"}
+                           (where a reused child was measured; search_name null: this search)}
     child.progress        {"run": ChildRun, "sample_index": int}
     child.finished        {"run": ChildRun, "sample_index": int}  (succeeded, failed, reused, cancelled)
     controller.update     {"sample_index", "step", "loss", "entropy", "mean_reward", "baseline",
@@ -219,12 +221,15 @@ def model_dict(row) -> dict:
     return data
 
 
-def sampled(arch) -> tuple[str, dict]:
-    """An Architecture row just written (its id set), with its page and its cells' drawing."""
+def sampled(arch, origin: dict | None = None) -> tuple[str, dict]:
+    """An Architecture row just written (its id set), with its page and its cells' drawing.
+    `origin`: where a reused child's reward was measured, as the page names it
+    (webapp.front.children.reused_origin), so a live row reads "#k of <search>" at once."""
     return SAMPLED, {
         "architecture": model_dict(arch),
         "url": f"/architectures/{arch.id}",  # its page
         "svg": f"/architectures/{arch.id}/cells.svg",  # both cells drawn (image/svg+xml)
+        "reused_from": origin,
     }
 
 

@@ -561,11 +561,13 @@
       case "architecture.sampled": {
         var a = msg.architecture || {};
         sampleIndex.set(a.id, a.sample_index);
-        // reused_from is an id here; the row may already hold it in full (from chart.json).
-        var origin = num(a.reused_from) ? { architecture: a.reused_from } : undefined;
-        var known = children.get(a.id);
-        if (origin && known && known.reused_from && known.reused_from.architecture === a.reused_from) {
-          origin = undefined;
+        // The event names where a reused child was measured (msg.reused_from, as the page
+        // does); an older event has only the id, and the row may already hold it in full.
+        var origin = msg.reused_from && typeof msg.reused_from === "object" ? msg.reused_from : undefined;
+        if (!origin && num(a.reused_from)) {
+          origin = { architecture: a.reused_from };
+          var known = children.get(a.id);
+          if (known && known.reused_from && known.reused_from.architecture === a.reused_from) origin = undefined;
         }
         upsertChild(
           a.id, { sample_index: a.sample_index, params: a.params, mult_adds: a.mult_adds, reused_from: origin }, true
