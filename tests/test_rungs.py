@@ -300,7 +300,8 @@ def test_a_real_child_that_waits_resumes_from_its_checkpoint(member, settings, t
     runs[1].refresh_from_db()
     assert runs[1].status == m.RUN_WAITING and len(runs[1].epochs) == 1
     assert checkpoint_path("child", runs[1].id).exists()
-    first_epoch = runs[1].epochs[0]
+    first_epoch, first_claim = runs[1].epochs[0], runs[1].wall_time
+    assert first_claim > 0  # the time of the claim that parked, kept for the one that resumes
     # Child 0 fails before its first epoch: child 1 is then the first at the rung, and goes on.
     m.ChildRun.objects.filter(pk=runs[0].id).update(status=m.RUN_FAILED, error="gone")
     advance.advance(search.id)
@@ -310,7 +311,39 @@ def test_a_real_child_that_waits_resumes_from_its_checkpoint(member, settings, t
     runs[1].refresh_from_db()
     assert runs[1].status == m.RUN_SUCCEEDED and len(runs[1].epochs) == 3
     assert runs[1].epochs[0] == first_epoch  # resumed after epoch 1, not trained again
+    assert runs[1].epochs_discarded == 0 and runs[1].wall_time > first_claim  # both claims' time
     assert not checkpoint_path("child", runs[1].id).exists()
+
+
+def test_epochs_a_restart_trains_again_count_as_trained(member, client):
+    """A worker lost after 2 epochs, with no checkpoint (no early stopping): the next attempt
+    trains from scratch. Its 3 rows say 3 epochs; 5 were spent, and the counters say 5."""
+    from webapp.searches import models as m
+    from workers import advance, child_runs
+
+    search = submit(
+        member,
+        early_stop=None,
+        objective="accuracy",
+        child={"repeats": 1, "filters": 4, "epochs": 3, "batch_size": 64},
+        dataset={"name": "digits", "subset_per_class": 30},
+        noise_floor=None,
+        budget={"children": 1, "parallel": 1},
+    )
+    advance.advance(search.id)
+    run = runs_by_index(search)[0]
+    lost = [{"epoch": e, "epochs": 3, "val_acc": 0.1, "train_loss": 2.3} for e in (1, 2)]
+    m.ChildRun.objects.filter(pk=run.pk).update(epochs=lost, attempt=1)  # what the lost worker wrote
+    child_runs.run_child(run.id)
+    run.refresh_from_db()
+    assert run.status == m.RUN_SUCCEEDED and [e["epoch"] for e in run.epochs] == [1, 2, 3]
+    assert run.epochs[0] != lost[0] and run.epochs_discarded == 2
+    advance.advance(search.id)
+    search.refresh_from_db()
+    assert search.epochs_trained == 5
+    client.force_login(member[0])
+    rows = client.get(f"/api/searches/{search.id}/architectures").json()["results"]
+    assert [row["epochs_trained"] for row in rows] == [5]
 
 
 # -- the team reward cache -------------------------------------------------------------------

@@ -259,12 +259,20 @@ def _record(
 
 
 def _untold_runs(search: m.Search) -> list[tuple]:
-    """(architecture id, sample index, run status, reward, announced, epochs) of the children
-    not yet told: the active ones and those whose result waits to be told."""
+    """(architecture id, sample index, run status, reward, announced, epochs, epochs discarded)
+    of the children not yet told: the active ones and those whose result waits to be told."""
     return list(
         m.ChildRun.objects.filter(architecture__search=search, architecture__told=False)
         .order_by("architecture__sample_index")
-        .values_list("architecture_id", "architecture__sample_index", "status", "reward", "announced", "epochs")
+        .values_list(
+            "architecture_id",
+            "architecture__sample_index",
+            "status",
+            "reward",
+            "announced",
+            "epochs",
+            "epochs_discarded",
+        )
     )
 
 
@@ -290,8 +298,8 @@ def _tell(search: m.Search, spec: SearchSpec, strategy: Strategy, rows: list[tup
         return
     _announce_missing(rows, events)
     full, early_stop = spec.child.epochs, spec.early_stop
-    for arch_id, index, status, reward, _, epochs in rows:
-        trained = m.epochs_trained(status, epochs, full)
+    for arch_id, index, status, reward, _, epochs, discarded in rows:
+        trained = m.epochs_trained(status, epochs, full, discarded=discarded)
         if status == m.RUN_FAILED or reward is None:
             stats = strategy.tell_failure(index)
             _record(search, arch_id, m.RUN_FAILED, None, trained)

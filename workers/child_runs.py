@@ -38,11 +38,17 @@ def claim(run_id: int) -> m.ChildRun | None:
     return m.ChildRun.claim(run_id, worker_id())
 
 
-def finish(run: m.ChildRun, status: str, *, reward=None, error: str = "", wall_time=None, epochs=None) -> bool:
-    """Write the run's one result, publish it and ask for an advance; False: not ours."""
+def finish(
+    run: m.ChildRun, status: str, *, reward=None, error: str = "", wall_time=None, epochs=None, discarded: int = 0
+) -> bool:
+    """Write the run's one result, publish it and ask for an advance; False: not ours.
+    `wall_time`: this claim's; `discarded`: epochs of earlier attempts this one trained again."""
+    wall_time = _wall_so_far(run, wall_time)
     fields = dict(reward=reward, error=error, wall_time=wall_time)
     if epochs is not None:
         fields["epochs"] = epochs
+    if discarded:
+        fields["epochs_discarded"] = run.epochs_discarded + discarded
     if not run.finish(status, **fields):
         log.warning("child run %s: no longer ours (attempt %d), result dropped", run.pk, run.attempt)
         return False
@@ -63,6 +69,20 @@ def finish(run: m.ChildRun, status: str, *, reward=None, error: str = "", wall_t
     dispatch.request_advance(search_id)
     wake_held_back(arch.search.team_id, search_id)
     return True
+
+
+def _wall_so_far(run: m.ChildRun, wall_time: float | None) -> float | None:
+    """This claim's wall time plus that of the claims before it that parked at a rung (a
+    running row has a wall_time only from a park: a result is written once)."""
+    if wall_time is None or run.wall_time is None:
+        return wall_time
+    return run.wall_time + wall_time
+
+
+def _discarded(run_epochs: int, reporter: LeaseReporter) -> int:
+    """Epochs an earlier attempt wrote that this one trained again: all of them after a
+    restart from scratch, those after the checkpoint it resumed from otherwise."""
+    return max(run_epochs - reporter.resumed_at, 0)
 
 
 def wake_held_back(team_id: int, search_id: int) -> None:
@@ -158,6 +178,7 @@ def run_child(run_id: int) -> None:
         else:
             reporter = RungReporter(run, label, arch.search_id, gate, on_epochs=on_epochs)
         checkpoint = checkpoint_path("child", run.pk) if gate is not None else None
+        earlier = len(run.epochs) if isinstance(run.epochs, list) else 0  # an earlier attempt's rows
         # Heartbeats from a thread through every phase, not only per batch: decoding the data
         # set, building the network, and scoring the validation split report no progress.
         with lease_kept(run, label):
@@ -169,14 +190,15 @@ def run_child(run_id: int) -> None:
         retry_or_fail(run, last)
         return
     epochs = [e.to_dict() for e in result.epochs]
+    spent = {"wall_time": result.wall_time, "epochs": epochs, "discarded": _discarded(earlier, reporter)}
     if gate is not None and reporter.verdict is not None:
-        _conclude_at_rung(run, *reporter.verdict, epochs, result.wall_time)
+        _conclude_at_rung(run, *reporter.verdict, **spent)
     elif result.status == "ok":
-        finish(run, m.RUN_SUCCEEDED, reward=result.reward, wall_time=result.wall_time, epochs=epochs)
+        finish(run, m.RUN_SUCCEEDED, reward=result.reward, **spent)
     elif result.status == "diverged":
-        finish(run, m.RUN_FAILED, error=f"diverged: {result.error}", wall_time=result.wall_time, epochs=epochs)
+        finish(run, m.RUN_FAILED, error=f"diverged: {result.error}", **spent)
     elif not reporter.lost:  # stopped because the search is cancelling: the advance cancels it
-        finish(run, m.RUN_CANCELLED, error="search cancelled", wall_time=result.wall_time, epochs=epochs)
+        finish(run, m.RUN_CANCELLED, error="search cancelled", **spent)
         checkpoint_path("child", run.pk).unlink(missing_ok=True)
     elif checkpoint is not None:  # taken away: ended (search cancelled or failed), or reclaimed
         drop_checkpoint_if_ended(run.pk)
@@ -253,22 +275,25 @@ def _play_curve(run: m.ChildRun, spec: SearchSpec, genotype: Genotype, gate: run
             reward = objective.train(genotype, total, on_epoch, start=done)
     elapsed = time.perf_counter() - start
     if outcome != rungs.CONTINUE:
-        _conclude_at_rung(run, outcome, at, epochs, elapsed)
+        _conclude_at_rung(run, outcome, at, epochs=epochs, wall_time=elapsed)
     elif reward is None:
         finish(run, m.RUN_FAILED, error="synthetic failure", wall_time=elapsed)
     else:
         finish(run, m.RUN_SUCCEEDED, reward=reward, wall_time=elapsed, epochs=epochs)
 
 
-def _conclude_at_rung(run: m.ChildRun, outcome: str, at: int, epochs: list[dict], wall_time: float) -> None:
+def _conclude_at_rung(
+    run: m.ChildRun, outcome: str, at: int, *, epochs: list[dict], wall_time: float, discarded: int = 0
+) -> None:
     """A run that asked at a rung and does not go on: stopped there, waiting as a row, or
     taken away meanwhile (whoever has it now goes on)."""
     if outcome == rungs.STOP:
         kept = epochs[:at]
-        if not finish(run, m.RUN_STOPPED, reward=rungs.values_of(kept)[-1], wall_time=wall_time, epochs=kept):
+        value = rungs.values_of(kept)[-1]
+        if not finish(run, m.RUN_STOPPED, reward=value, wall_time=wall_time, epochs=kept, discarded=discarded):
             drop_checkpoint_if_ended(run.pk)
     elif outcome == rungs.PARK:
-        if run.park(epochs[:at]):
+        if run.park(epochs[:at], _wall_so_far(run, wall_time), run.epochs_discarded + discarded):
             # Its decision may have been taken between asking and parking: the advance looks.
             dispatch.request_advance(run.architecture.search_id)
         else:

@@ -92,6 +92,7 @@ class LeaseReporter(Reporter):
         self.row, self.label, self.search_id, self.on_epochs = row, label, search_id, on_epochs
         self.every = every if every is not None else beat_interval()
         self.epochs: list[dict] = []
+        self.resumed_at = 0  # the epoch training resumed after (on_resume); 0: from scratch
         self.last_beat = time.monotonic()
         self.dirty = False
         self.lost = False
@@ -109,6 +110,7 @@ class LeaseReporter(Reporter):
         """Training continues from a checkpoint: the epochs done before count as written, and
         the row says where this attempt picked up (for rows that record it)."""
         self.epochs = [e.to_dict() for e in history]
+        self.resumed_at = epoch
         fields = {"epochs": list(self.epochs)}
         if hasattr(self.row, "resumed_from_epoch"):
             fields["resumed_from_epoch"] = epoch

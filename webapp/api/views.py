@@ -313,7 +313,8 @@ def architecture_dict(arch: m.Architecture, planned: int) -> dict:
     reward only; a stopped child's value at its rung is `run.reward`. Read `runs` with the
     row (prefetch_related("runs"))."""
     run = next(iter(arch.runs.all()), None)
-    trained = m.epochs_trained(run.status, run.epochs, planned, arch.reused_from_id is not None) if run else 0
+    reused = arch.reused_from_id is not None
+    trained = m.epochs_trained(run.status, run.epochs, planned, reused, run.epochs_discarded) if run else 0
     return {**arch.to_dict(), "run": run.to_dict() if run else None, "epochs_trained": trained}
 
 

@@ -75,17 +75,18 @@ def _iso(moment) -> str | None:
     return moment.isoformat() if moment else None
 
 
-def epochs_trained(status: str, epochs: object, planned: int, reused: bool = False) -> int:
-    """The epochs a child run trained (its final attempt's rows): a run without per-epoch
-    rows (a synthetic child without early stopping) trained its `planned` epochs if it
-    succeeded; a reused one (status reused, or `reused`: a duplicate of a stopped child,
-    which carries its original's rows) trained none. Search.epochs_trained sums this over
-    told children."""
+def epochs_trained(status: str, epochs: object, planned: int, reused: bool = False, discarded: int = 0) -> int:
+    """The epochs a child run trained: its rows, plus the `discarded` epochs of earlier
+    attempts that a restart trained again (ChildRun.epochs_discarded). A run without
+    per-epoch rows (a synthetic child without early stopping) trained its `planned` epochs
+    if it succeeded; a reused one (status reused, or `reused`: a duplicate of a stopped
+    child, which carries its original's rows) trained none. Search.epochs_trained sums
+    this over told children."""
     if reused or status == RUN_REUSED:
         return 0
     if isinstance(epochs, list) and epochs:
-        return len(epochs)
-    return planned if status == RUN_SUCCEEDED else 0
+        return len(epochs) + discarded
+    return (planned if status == RUN_SUCCEEDED else 0) + discarded
 
 
 def latest_epoch(epochs: object) -> dict:
@@ -464,6 +465,9 @@ class ChildRun(LeasedWork):
     epochs = models.JSONField(default=list, blank=True, help_text="per-epoch metrics")
     reward = models.FloatField(null=True, blank=True)
     wall_time = models.FloatField(null=True, blank=True)
+    # Epochs that attempts of this run trained and a later attempt trained again (a restart
+    # from scratch, or from an older checkpoint, after a lost worker): spent, but in no row.
+    epochs_discarded = models.PositiveIntegerField(default=0)
     # Its child.finished live event is stored (the outbox flag): set in the transaction that
     # writes that event, so the advance can publish the event of a run whose worker died
     # between writing the result and publishing it (workers/child_runs.announce_finished).
@@ -490,11 +494,15 @@ class ChildRun(LeasedWork):
     def claimed(cls, pk: int):
         return cls.objects.select_related("architecture__search").get(pk=pk)
 
-    def park(self, epochs: list) -> bool:
+    def park(self, epochs: list, wall_time: float | None = None, epochs_discarded: int | None = None) -> bool:
         """End this claim at a rung whose decision must wait (early stopping): the run gives
-        its worker back and waits as a row, with the epochs it trained; the advance queues
-        it again, or stops it, once its decision is taken. False: no longer ours."""
-        return bool(self.ours().update(status=RUN_WAITING, lease_expires_at=None, epochs=epochs))
+        its worker back and waits as a row, with the epochs it trained and the time it took
+        so far (the claim that resumes it adds its own); the advance queues it again, or
+        stops it, once its decision is taken. False: no longer ours."""
+        fields = {"epochs": epochs, "wall_time": wall_time}
+        if epochs_discarded is not None:
+            fields["epochs_discarded"] = epochs_discarded
+        return bool(self.ours().update(status=RUN_WAITING, lease_expires_at=None, **fields))
 
     def to_dict(self) -> dict:
         return {"id": self.id, "architecture": self.architecture_id, **self.result_dict()}
